@@ -1,0 +1,244 @@
+"""The generator and discriminator networks (paper, section 3.1).
+
+All layers are one-dimensional: a TOD window is a one-dimensional image.
+
+Discriminator
+    four strided 1-D convolutions, each followed by layer normalisation
+    (``GroupNorm`` with one group: normalises every sample over all its
+    channels and positions, i.e. layer normalisation that does not depend on
+    the window length) and a LeakyReLU, then a dense layer giving one logit.
+Generator
+    its mirror: four upsampling stages (x2 each), every one a nearest-neighbour
+    upsample followed by a 1-D convolution, batch normalisation and a
+    LeakyReLU, then a convolution to the output channel(s).
+
+Two generator architectures are available (``ModelConfig.generator_arch``):
+
+``"streaming"`` (default)
+    The latent is a *sequence* of latent vectors, one per ``upsample_factor``
+    output samples, and every layer is a convolution.  The generator is
+    therefore translation-equivariant with a finite receptive field: any
+    stretch of TOD is produced from the latents around it, so arbitrarily
+    long TOD is generated tile by tile with no seams, and any tile can be
+    generated alone (see :mod:`crab.generation`).
+``"paper"``
+    The paper's layout: one latent vector per window, a dense layer to the
+    coarsest resolution, then the same upsampling stages.  Windows are
+    independent, so long TOD needs overlapping windows joined by a cross-fade.
+
+Conditioning inputs (e.g. the solar modulation potential ``phi``) enter both
+networks as extra constant channels when ``cond_dim > 0``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the two networks.
+
+    Attributes
+    ----------
+    window_samples : int
+        Length of a training window (samples); a multiple of ``upsample_factor``.
+    latent_dim : int
+        Channels of the latent (per latent step for the streaming generator,
+        length of the latent vector for the paper generator).
+    generator_arch : str
+        ``"streaming"`` or ``"paper"`` (see module docstring).
+    generator_channels : tuple of int
+        Channels of the coarse input stage and of the four upsampling stages
+        (five numbers, coarse to fine).
+    discriminator_channels : tuple of int
+        Channels of the four convolutional layers of the discriminator.
+    kernel_size : int
+        Convolution kernel length (odd).
+    leaky_slope : float
+        Negative slope of the LeakyReLU activations.
+    out_channels : int
+        Channels of a TOD window (1 per detector, more for jointly generated detectors).
+    cond_dim : int
+        Number of conditioning inputs (0 for an unconditioned model).
+    spectral_norm : bool
+        Spectral normalisation of the discriminator's layers.
+    minibatch_std : bool
+        Append the minibatch standard deviation as a feature before the
+        discriminator's dense layer (counters mode collapse).
+    """
+
+    window_samples: int = 256
+    latent_dim: int = 16
+    generator_arch: str = "streaming"
+    generator_channels: tuple[int, ...] = (32, 32, 16, 8, 8)
+    discriminator_channels: tuple[int, ...] = (16, 32, 64, 64)
+    kernel_size: int = 5
+    leaky_slope: float = 0.2
+    out_channels: int = 1
+    cond_dim: int = 0
+    spectral_norm: bool = False
+    minibatch_std: bool = True
+    n_upsample: int = field(default=4, init=False)
+
+    def __post_init__(self) -> None:
+        self.generator_channels = tuple(int(c) for c in self.generator_channels)
+        self.discriminator_channels = tuple(int(c) for c in self.discriminator_channels)
+        if self.generator_arch not in ("streaming", "paper"):
+            raise ValueError(f"generator_arch must be 'streaming' or 'paper', got {self.generator_arch!r}")
+        if len(self.generator_channels) != self.n_upsample + 1:
+            raise ValueError(f"generator_channels needs {self.n_upsample + 1} entries, got {self.generator_channels}")
+        if len(self.discriminator_channels) != 4:
+            raise ValueError(f"discriminator_channels needs 4 entries, got {self.discriminator_channels}")
+        if self.kernel_size % 2 == 0 or self.kernel_size < 1:
+            raise ValueError(f"kernel_size must be odd and positive, got {self.kernel_size}")
+        if self.window_samples % self.upsample_factor or self.window_samples < 2 * self.upsample_factor:
+            raise ValueError(
+                f"window_samples must be a multiple of {self.upsample_factor} and at least "
+                f"{2 * self.upsample_factor}, got {self.window_samples}"
+            )
+
+    @property
+    def upsample_factor(self) -> int:
+        """Output samples per latent step (2 ** n_upsample)."""
+        return 2**self.n_upsample
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("n_upsample")
+        d["generator_channels"] = list(self.generator_channels)
+        d["discriminator_channels"] = list(self.discriminator_channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        d = dict(d)
+        d.pop("n_upsample", None)
+        return cls(**d)
+
+
+def _init_weights(module: nn.Module) -> None:
+    """DCGAN initialisation: N(0, 0.02) weights, zero biases, BN weights N(1, 0.02)."""
+    if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d, nn.Linear)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm1d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+class _UpStage(nn.Sequential):
+    def __init__(self, c_in: int, c_out: int, k: int, slope: float) -> None:
+        super().__init__(
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv1d(c_in, c_out, k, padding=k // 2, bias=False),
+            nn.BatchNorm1d(c_out),
+            nn.LeakyReLU(slope),
+        )
+
+
+class Generator(nn.Module):
+    """Latent -> TOD window(s) in the transformed amplitude space.
+
+    Streaming architecture: ``forward(z)`` with ``z`` of shape
+    ``(batch, latent_dim, n_latent_steps)`` returns ``(batch, out_channels,
+    n_latent_steps * upsample_factor)``.  Output samples
+    ``[upsample_factor * m, upsample_factor * (n - m))`` do not depend on the
+    zero padding at the edges when ``m >= margin_latents``.
+
+    Paper architecture: ``z`` of shape ``(batch, latent_dim)`` (or with a
+    trailing length-1 axis) returns ``(batch, out_channels, window_samples)``.
+
+    ``cond`` (batch, cond_dim), when the model is conditioned, is broadcast
+    along time as extra input channels.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        ch, k, s = cfg.generator_channels, cfg.kernel_size, cfg.leaky_slope
+        self.streaming = cfg.generator_arch == "streaming"
+        n_in = cfg.latent_dim + cfg.cond_dim
+        self.coarse_len = cfg.window_samples // cfg.upsample_factor
+        if self.streaming:
+            self.stem = nn.Sequential(nn.Conv1d(n_in, ch[0], 3, padding=1, bias=False), nn.BatchNorm1d(ch[0]), nn.LeakyReLU(s))
+        else:
+            self.stem = nn.Sequential(nn.Linear(n_in, ch[0] * self.coarse_len, bias=False), nn.Unflatten(1, (ch[0], self.coarse_len)), nn.BatchNorm1d(ch[0]), nn.LeakyReLU(s))
+        self.stages = nn.Sequential(*[_UpStage(ch[i], ch[i + 1], k, s) for i in range(cfg.n_upsample)])
+        self.head = nn.Conv1d(ch[-1] + cfg.cond_dim, cfg.out_channels, k, padding=k // 2)
+        self.apply(_init_weights)
+
+    @property
+    def margin_latents(self) -> int:
+        """Latent steps on each side of a tile that its outputs can depend on."""
+        k = self.cfg.kernel_size
+        f = self.cfg.upsample_factor
+        radius = 1 * f  # stem, kernel 3 at the coarse resolution
+        for i in range(self.cfg.n_upsample):
+            radius += (k // 2) * f // 2 ** (i + 1)
+        radius += k // 2  # head, full resolution
+        return int(math.ceil(radius / f)) + 1
+
+    def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        if self.streaming:
+            if z.ndim != 3:
+                raise ValueError(f"streaming generator expects z of shape (batch, latent_dim, steps), got {tuple(z.shape)}")
+            x = z if cond is None else torch.cat([z, cond[:, :, None].expand(-1, -1, z.shape[-1])], 1)
+        else:
+            zz = z.reshape(z.shape[0], -1)
+            x = zz if cond is None else torch.cat([zz, cond], 1)
+        h = self.stages(self.stem(x))
+        if cond is not None:
+            h = torch.cat([h, cond[:, :, None].expand(-1, -1, h.shape[-1])], 1)
+        return self.head(h)
+
+    def latent_shape(self, batch: int, n_latent_steps: int | None = None) -> tuple[int, ...]:
+        """Shape of the latent input for ``batch`` windows (or tiles of ``n_latent_steps``)."""
+        if self.streaming:
+            return (batch, self.cfg.latent_dim, n_latent_steps or self.coarse_len)
+        return (batch, self.cfg.latent_dim)
+
+
+class _MinibatchStd(nn.Module):
+    """Adds one feature: the mean over features of the standard deviation across the batch."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        std = h.float().std(dim=0, unbiased=False).mean().expand(h.shape[0], 1)
+        return torch.cat([h, std.to(h.dtype)], 1)
+
+
+class Discriminator(nn.Module):
+    """TOD window -> one logit (real > 0).  Input (batch, out_channels, window_samples)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        ch, k, s = cfg.discriminator_channels, cfg.kernel_size, cfg.leaky_slope
+        sn = nn.utils.parametrizations.spectral_norm if cfg.spectral_norm else (lambda m: m)
+        layers: list[nn.Module] = []
+        c_in = cfg.out_channels + cfg.cond_dim
+        for c in ch:
+            layers += [sn(nn.Conv1d(c_in, c, k, stride=2, padding=k // 2)), nn.GroupNorm(1, c), nn.LeakyReLU(s)]
+            c_in = c
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        n_feat = ch[-1] * cfg.window_samples // 16
+        self.mbstd = _MinibatchStd() if cfg.minibatch_std else None
+        self.head = sn(nn.Linear(n_feat + (1 if cfg.minibatch_std else 0) + cfg.cond_dim, 1))
+        self.apply(_init_weights)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        if x.ndim != 3 or x.shape[-1] != self.cfg.window_samples:
+            raise ValueError(f"discriminator expects (batch, {self.cfg.out_channels}, {self.cfg.window_samples}), got {tuple(x.shape)}")
+        if cond is not None:
+            x = torch.cat([x, cond[:, :, None].expand(-1, -1, x.shape[-1])], 1)
+        h = self.features(x)
+        if self.mbstd is not None:
+            h = self.mbstd(h)
+        if cond is not None:
+            h = torch.cat([h, cond], 1)
+        return self.head(h).squeeze(1)
