@@ -60,7 +60,7 @@ def cli() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``crab`` console script."""
     try:
-        cli.main(args=argv, prog_name="crab", standalone_mode=False)
+        rv = cli.main(args=argv, prog_name="crab", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

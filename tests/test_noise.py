@@ -1,0 +1,81 @@
+"""Noise: PSD calibration, slice exactness, power-complementary split, fitting."""
+
+import numpy as np
+import pytest
+
+from crab.noise import NoiseGenerator, NoiseParams, fit_noise_params, highpass, highpass_power, lowpass_power, welch_psd
+
+
+def _band_ratio(x, y, fs, lo, nperseg=1 << 14):
+    f, a = welch_psd(x, fs, nperseg, robust=False)
+    _, b = welch_psd(y, fs, nperseg, robust=False)
+    m = (f >= lo) & (f < 2 * lo)
+    return a[m].mean() / b[m].mean()
+
+
+def test_white_level_matches_psd():
+    p = NoiseParams(white_asd=2.0, f_knee_hz=0.0)
+    x = NoiseGenerator(p, 19.0, seed=1).generate(0, 0, 200_000)
+    assert np.std(x) == pytest.approx(p.white_rms(19.0), rel=0.02)
+    f, s = welch_psd(x, 19.0, 1024, robust=False)
+    assert np.median(s[5:]) == pytest.approx(4.0, rel=0.05)
+
+
+def test_one_over_f_slope():
+    p = NoiseParams(white_asd=1.0, f_knee_hz=0.5, alpha=1.5, f_min_hz=1e-4)
+    x = NoiseGenerator(p, 19.0, seed=2).generate(0, 0, 2_000_000)
+    f, s = welch_psd(x, 19.0, 1 << 15, robust=False)
+    band = (f > 0.003) & (f < 0.05)
+    slope = np.polyfit(np.log(f[band]), np.log(s[band] - 1.0), 1)[0]
+    assert slope == pytest.approx(-1.5, abs=0.15)
+
+
+@pytest.mark.parametrize("lowpass", [None, 0.02])
+def test_slices_are_exact_and_keys_independent(lowpass):
+    p = NoiseParams(white_asd=1.0, f_knee_hz=0.05)
+    full = NoiseGenerator(p, 19.0, seed=5, lowpass_hz=lowpass).generate(3, 0, 300_000)
+    g = NoiseGenerator(p, 19.0, seed=5, lowpass_hz=lowpass)
+    for start, n in [(123_457, 1), (200_001, 7777), (0, 64), (299_000, 1000)]:
+        assert np.array_equal(g.generate(3, start, n), full[start : start + n])
+    other = NoiseGenerator(p, 19.0, seed=5, lowpass_hz=lowpass).generate(4, 0, 300_000)
+    assert abs(np.corrcoef(full, other)[0, 1]) < 0.05
+    reseeded = NoiseGenerator(p, 19.0, seed=6, lowpass_hz=lowpass).generate(3, 0, 300_000)
+    assert not np.array_equal(full, reseeded)
+
+
+def test_no_seam_in_variance_at_block_joins():
+    p = NoiseParams(white_asd=1.0, f_knee_hz=0.0)
+    g = NoiseGenerator(p, 19.0, seed=7, block_samples=256)
+    x = np.stack([NoiseGenerator(p, 19.0, seed=s, block_samples=256).generate(0, 0, 256 * 200) for s in range(20)])
+    phase = np.arange(x.shape[1]) % g.hop
+    var_join = x[:, phase < 4].var()
+    var_mid = x[:, (phase > 60) & (phase < 68)].var()
+    assert var_join == pytest.approx(var_mid, rel=0.1)
+
+
+def test_highpass_plus_lowpass_noise_restores_psd():
+    fs = 19.0
+    p = NoiseParams(white_asd=1.0, f_knee_hz=0.05, alpha=1.0)
+    full = NoiseGenerator(p, fs, seed=1).generate(0, 0, 3_000_000)
+    lf = NoiseGenerator(p, fs, seed=2, lowpass_hz=0.02).generate(0, 0, 3_000_000)
+    combined = highpass(full, fs, 0.02) + lf
+    for lo in (0.002, 0.01, 0.05, 1.0):
+        assert _band_ratio(combined, full, fs, lo) == pytest.approx(1.0, rel=0.15)
+    f = np.logspace(-4, 1, 50)
+    assert np.allclose(highpass_power(f, 0.02) + lowpass_power(f, 0.02), 1.0)
+
+
+def test_fit_recovers_parameters():
+    p = NoiseParams(white_asd=0.3, f_knee_hz=0.05, alpha=1.2)
+    x = NoiseGenerator(p, 19.0, seed=3).generate(0, 0, 1_000_000)
+    q = fit_noise_params(x, 19.0, nperseg=1 << 13)
+    assert q.white_asd == pytest.approx(0.3, rel=0.1)
+    assert q.f_knee_hz == pytest.approx(0.05, rel=0.5)
+    assert q.alpha == pytest.approx(1.2, abs=0.4)
+
+
+def test_bad_parameters():
+    with pytest.raises(ValueError, match="white_asd"):
+        NoiseParams(white_asd=-1)
+    with pytest.raises(ValueError, match="lowpass_hz"):
+        NoiseGenerator(NoiseParams(), 19.0, seed=1, lowpass_hz=0)
