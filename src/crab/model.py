@@ -49,7 +49,16 @@ class ModelConfig:
         Length of a training window (samples); a multiple of ``upsample_factor``.
     latent_dim : int
         Channels of the latent (per latent step for the streaming generator,
-        length of the latent vector for the paper generator).
+        length of the latent vector for the paper generator).  For the
+        streaming generator this includes the ``noise_dim`` noise channels.
+    noise_dim : int
+        Streaming generator only: the last ``noise_dim`` latent channels
+        (a multiple of ``upsample_factor``) are rearranged into
+        ``noise_dim / upsample_factor`` full-resolution noise channels
+        (latent step ``j``, channel ``c`` -> sample ``16 j + c``) fed to the
+        last upsampling stage, like StyleGAN's noise inputs.  Without them a
+        generator that only upsamples a coarse latent cannot produce the
+        sample-to-sample white noise of the TOD.  0 disables.
     generator_arch : str
         ``"streaming"`` or ``"paper"`` (see module docstring).
     generator_channels : tuple of int
@@ -73,7 +82,8 @@ class ModelConfig:
     """
 
     window_samples: int = 256
-    latent_dim: int = 16
+    latent_dim: int = 24
+    noise_dim: int = 16
     generator_arch: str = "streaming"
     generator_channels: tuple[int, ...] = (32, 32, 16, 8, 8)
     discriminator_channels: tuple[int, ...] = (16, 32, 64, 64)
@@ -90,6 +100,10 @@ class ModelConfig:
         self.discriminator_channels = tuple(int(c) for c in self.discriminator_channels)
         if self.generator_arch not in ("streaming", "paper"):
             raise ValueError(f"generator_arch must be 'streaming' or 'paper', got {self.generator_arch!r}")
+        if self.generator_arch == "streaming" and (self.noise_dim < 0 or self.noise_dim % self.upsample_factor or self.noise_dim >= self.latent_dim):
+            raise ValueError(
+                f"noise_dim must be a multiple of {self.upsample_factor} and smaller than latent_dim ({self.latent_dim}), got {self.noise_dim}"
+            )
         if len(self.generator_channels) != self.n_upsample + 1:
             raise ValueError(f"generator_channels needs {self.n_upsample + 1} entries, got {self.generator_channels}")
         if len(self.discriminator_channels) != 4:
@@ -133,13 +147,21 @@ def _init_weights(module: nn.Module) -> None:
 
 
 class _UpStage(nn.Sequential):
-    def __init__(self, c_in: int, c_out: int, k: int, slope: float) -> None:
+    """Upsample x2, (concatenate noise channels), convolution, batch norm, LeakyReLU."""
+
+    def __init__(self, c_in: int, c_out: int, k: int, slope: float, n_noise: int = 0) -> None:
         super().__init__(
             nn.Upsample(scale_factor=2, mode="nearest"),
-            nn.Conv1d(c_in, c_out, k, padding=k // 2, bias=False),
+            nn.Conv1d(c_in + n_noise, c_out, k, padding=k // 2, bias=False),
             nn.BatchNorm1d(c_out),
             nn.LeakyReLU(slope),
         )
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        x = self[0](x)
+        if noise is not None:
+            x = torch.cat([x, noise], 1)
+        return self[3](self[2](self[1](x)))
 
 
 class Generator(nn.Module):
@@ -163,13 +185,15 @@ class Generator(nn.Module):
         self.cfg = cfg
         ch, k, s = cfg.generator_channels, cfg.kernel_size, cfg.leaky_slope
         self.streaming = cfg.generator_arch == "streaming"
-        n_in = cfg.latent_dim + cfg.cond_dim
+        self.noise_dim = cfg.noise_dim if self.streaming else 0
+        n_noise = self.noise_dim // cfg.upsample_factor
+        n_in = cfg.latent_dim - self.noise_dim + cfg.cond_dim
         self.coarse_len = cfg.window_samples // cfg.upsample_factor
         if self.streaming:
             self.stem = nn.Sequential(nn.Conv1d(n_in, ch[0], 3, padding=1, bias=False), nn.BatchNorm1d(ch[0]), nn.LeakyReLU(s))
         else:
             self.stem = nn.Sequential(nn.Linear(n_in, ch[0] * self.coarse_len, bias=False), nn.Unflatten(1, (ch[0], self.coarse_len)), nn.BatchNorm1d(ch[0]), nn.LeakyReLU(s))
-        self.stages = nn.Sequential(*[_UpStage(ch[i], ch[i + 1], k, s) for i in range(cfg.n_upsample)])
+        self.stages = nn.ModuleList([_UpStage(ch[i], ch[i + 1], k, s, n_noise if i == cfg.n_upsample - 1 else 0) for i in range(cfg.n_upsample)])
         self.head = nn.Conv1d(ch[-1] + cfg.cond_dim, cfg.out_channels, k, padding=k // 2)
         self.apply(_init_weights)
 
@@ -188,11 +212,20 @@ class Generator(nn.Module):
         if self.streaming:
             if z.ndim != 3:
                 raise ValueError(f"streaming generator expects z of shape (batch, latent_dim, steps), got {tuple(z.shape)}")
+            noise = None
+            if self.noise_dim:
+                b, f, steps = z.shape[0], self.cfg.upsample_factor, z.shape[-1]
+                zn = z[:, z.shape[1] - self.noise_dim :]
+                noise = zn.reshape(b, -1, f, steps).transpose(2, 3).reshape(b, -1, steps * f)
+                z = z[:, : z.shape[1] - self.noise_dim]
             x = z if cond is None else torch.cat([z, cond[:, :, None].expand(-1, -1, z.shape[-1])], 1)
         else:
+            noise = None
             zz = z.reshape(z.shape[0], -1)
             x = zz if cond is None else torch.cat([zz, cond], 1)
-        h = self.stages(self.stem(x))
+        h = self.stem(x)
+        for i, stage in enumerate(self.stages):
+            h = stage(h, noise if i == len(self.stages) - 1 else None)
         if cond is not None:
             h = torch.cat([h, cond[:, :, None].expand(-1, -1, h.shape[-1])], 1)
         return self.head(h)

@@ -26,6 +26,7 @@ reach ``f_min_hz``.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
@@ -106,7 +107,8 @@ class NoiseGenerator:
     block_samples : int, optional
         WOLA block length (even); default from :func:`default_block_samples`.
     cache_blocks : int
-        Number of coloured blocks kept in memory (per generator).
+        Number of coloured blocks kept in memory (per generator).  The cache
+        is thread-safe: several threads may generate from one instance.
     lowpass_hz : float, optional
         Keep only the low-frequency part of the spectrum: the PSD is multiplied
         by :func:`lowpass_power` (the power complement of :func:`highpass`).
@@ -150,23 +152,44 @@ class NoiseGenerator:
         self._gain = np.sqrt(psd * self.sampling_rate_hz / 2.0).astype(np.float32)
         self._window = np.sin(np.pi * (np.arange(self.block_samples) + 0.5) / self.block_samples).astype(np.float32)
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
-        self._cache_size = cache_blocks
+        self._cache_size = max(1, int(cache_blocks))
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[int, int], threading.Event] = {}
 
     def _block(self, detector_key: int, block: int) -> np.ndarray:
+        # Thread-safe LRU cache: a block is computed once, by the first thread asking
+        # for it; other threads asking for the same block wait for it.
         key = (detector_key, block)
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
-            return hit
+        while True:
+            with self._lock:
+                hit = self._cache.get(key)
+                if hit is not None:
+                    self._cache.move_to_end(key)
+                    return hit
+                pending = self._pending.get(key)
+                if pending is None:
+                    self._pending[key] = threading.Event()
+                    break
+            pending.wait()
+        try:
+            out = self._compute_block(detector_key, block)
+            with self._lock:
+                self._cache[key] = out
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        finally:
+            with self._lock:
+                self._pending.pop(key).set()
+        return out
+
+    def _compute_block(self, detector_key: int, block: int) -> np.ndarray:
+        """One windowed, coloured block (no caching); depends only on (seed, stream, key, block)."""
         g = rng.generator(self.seed, self.stream, detector_key, block)
         white = g.standard_normal(self.block_samples, dtype=np.float32)
         spec = scipy.fft.rfft(white)
         spec *= self._gain
         out = scipy.fft.irfft(spec, n=self.block_samples).astype(np.float32, copy=False)
         out *= self._window
-        self._cache[key] = out
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
         return out
 
     def generate(self, detector_key: int, start_sample: int, n_samples: int) -> np.ndarray:
@@ -184,10 +207,12 @@ class NoiseGenerator:
         k0 = start_sample // d
         k1 = (start_sample + n_samples - 1) // d + 2
         coarse = self._generate_native(detector_key, k0, k1 - k0).astype(np.float64)
-        n = np.arange(start_sample, start_sample + n_samples, dtype=np.int64)
-        k = n // d - k0
-        frac = (n % d) / d
-        return (coarse[k] + (coarse[k + 1] - coarse[k]) * frac).astype(np.float32)
+        # linear interpolation, vectorised over (coarse step, phase): output sample
+        # k * d + r is coarse[k] + (coarse[k + 1] - coarse[k]) * (r / d)
+        frac = np.arange(d, dtype=np.int64) / d
+        fine = coarse[:-1, None] + np.diff(coarse)[:, None] * frac[None, :]
+        lo = start_sample - k0 * d
+        return fine.reshape(-1)[lo : lo + n_samples].astype(np.float32)
 
     def _generate_native(self, detector_key: int, start_sample: int, n_samples: int) -> np.ndarray:
         """Noise samples ``[start_sample, start_sample + n_samples)`` of one detector.

@@ -25,6 +25,7 @@ STREAMS: dict[str, int] = {
     "mc_primaries": 1,  # (stream, block): cosmic-ray primaries of one time block
     "mc_deposit": 2,  # (stream, block): straggling / hit geometry of one block
     "mc_noise": 3,  # (stream, detector, noise block): MC detector noise
+    "mc_burnin": 4,  # (stream, 0): wafer hits of the MC burn-in before t = 0
     "gan_latent": 10,  # (stream, detector, latent block): GAN latent sequence
     "gan_noise": 11,  # (stream, detector, noise block): additive noise of generation
     "template_events": 20,  # (stream, detector, block): template glitches

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "generate": ("crab.cli.generate_cmd", "generate", "Generate TOD of any length with a trained model or the template baseline."),
     "validate": ("crab.cli.validate_cmd", "validate", "Compare generated TOD with held-out Monte Carlo; write a report."),
     "run": ("crab.cli.run_cmd", "run", "Run the whole pipeline (MC, training, generation, validation) on the default setup."),
+    "export": ("crab.cli.export_cmd", "export", "Make a TOD file readable by litebird_sim (read_list_of_observations)."),
 }
 
 

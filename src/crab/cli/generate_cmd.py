@@ -1,0 +1,133 @@
+"""``crab generate``: TOD of any length from a trained model or the template baseline."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import InputError
+from .options import DURATION, DURATION_OR_ZERO, positive_int
+
+
+def _parse_cond(values: tuple[str, ...], names: list[str]) -> list[float] | None:
+    if not values:
+        return None
+    got: dict[str, float] = {}
+    for v in values:
+        if "=" not in v:
+            raise InputError(f"--cond expects NAME=VALUE, got {v!r}")
+        k, _, x = v.partition("=")
+        try:
+            got[k.strip()] = float(x)
+        except ValueError:
+            raise InputError(f"--cond {k}: {x!r} is not a number") from None
+    missing = [n for n in names if n not in got]
+    extra = [k for k in got if k not in names]
+    if missing or extra:
+        raise InputError(f"the model's conditioning inputs are {names}; got {sorted(got)}")
+    return [got[n] for n in names]
+
+
+class _Terminated(KeyboardInterrupt):
+    pass
+
+
+def _raise_terminated(signum, frame):  # noqa: ARG001
+    raise _Terminated()
+
+
+@click.command("generate")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), help="Trained model directory (`crab train`), or a template model (.json) to reuse.")
+@click.option("--method", type=click.Choice(["gan", "template"]), default=None, help="Generator: the trained GAN (default) or the template baseline.")
+@click.option("--fit", "fit_path", type=click.Path(path_type=Path), help="Template method: fit the template on this Monte Carlo file (with /events truth).")
+@click.option("--save-template", type=click.Path(path_type=Path), help="With --fit: also save the fitted template model here (.json or folder).")
+@click.option("--duration", required=True, type=DURATION, help="Duration to generate: 3600, 2h, 10d, 3y ...")
+@click.option("--detectors", default=1, show_default=True, type=int, callback=positive_int, help="Number of detectors (keys 0..n-1).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed: with the detector and the time, it fixes every sample.")
+@click.option("--start", default="0", show_default=True, type=DURATION_OR_ZERO, help="Time of the first sample: the same samples as that slice of a run from 0.")
+@click.option("--out", "out", type=str, help="Output HDF5 file, or '-' to stream raw float32 to stdout.")
+@click.option("--checksum-only", is_flag=True, help="Generate and print the SHA-256 checksum only (no output; for benchmarks).")
+@click.option("--chunk-samples", default=1 << 20, show_default=True, type=int, callback=positive_int, help="Samples per detector generated and written at a time.")
+@click.option("--sampling-rate", "sampling_rate_hz", type=float, help="Required sampling rate (Hz): an error if the model was made for another.")
+@click.option("--cond", multiple=True, help="Conditioning input of a conditioned model, NAME=VALUE (e.g. phi_gv=0.6); repeatable.")
+@click.option("--workers", type=int, callback=positive_int, help="Worker threads (default: CPUs available); does not change the output.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def generate(model_path, method, fit_path, save_template, duration, detectors, seed, start, out, checksum_only, chunk_samples, sampling_rate_hz, cond, workers, overwrite, no_progress):
+    """Generate TOD of any length, streamed in chunks, seam-free and reproducible.
+
+    \b
+    Examples:
+      crab generate --model model_dir --duration 3y --detectors 4 --seed 7 --out gen.h5
+      crab generate --model model_dir --duration 1d --start 2d --out slice.h5
+      crab generate --method template --fit mc.h5 --save-template tpl.json --duration 1d --out tpl.h5
+      crab generate --model model_dir --duration 3y --checksum-only
+    """
+    from .. import generation as G
+
+    if method is None:
+        method = "template" if fit_path is not None or (model_path is not None and G.is_template_path(model_path)) else "gan"
+    if checksum_only and out is not None:
+        raise InputError("give either --out or --checksum-only, not both")
+    if not checksum_only and out is None:
+        raise InputError("say where the TOD goes: --out FILE.h5, --out - (raw float32 on stdout) or --checksum-only")
+    if sampling_rate_hz is not None and not sampling_rate_hz > 0:
+        raise InputError(f"--sampling-rate must be positive, got {sampling_rate_hz}")
+    out_path = None
+    if out not in (None, "-"):
+        out_path = Path(out)
+        if out_path.exists() and not overwrite:
+            raise InputError(f"output file {out_path} exists (use --overwrite to replace it)")
+        if not out_path.parent.exists():
+            raise InputError(f"output folder {out_path.parent} does not exist")
+        if out_path.is_dir():
+            raise InputError(f"--out {out_path} is a folder; give a file name")
+
+    if method == "template":
+        from ..template import fit_template_file, save_template as _save
+
+        if fit_path is not None:
+            model = fit_template_file(fit_path)
+            if sampling_rate_hz is not None and abs(model.sampling_rate_hz - sampling_rate_hz) > 1e-9 * sampling_rate_hz:
+                raise InputError(f"{fit_path} is sampled at {model.sampling_rate_hz:g} Hz, but {sampling_rate_hz:g} Hz was asked")
+            if save_template is not None:
+                model.path = _save(model, save_template)
+                click.echo(f"template model saved to {model.path}", err=True)
+        elif model_path is not None:
+            model = G.load_generation_model(model_path, method="template", sampling_rate_hz=sampling_rate_hz)
+        else:
+            raise InputError("the template method needs --fit MC.h5 (fit now) or --model TEMPLATE.json (reuse a fit)")
+    else:
+        if fit_path is not None or save_template is not None:
+            raise InputError("--fit and --save-template belong to --method template")
+        if model_path is None:
+            raise InputError("give --model MODEL_DIR (a directory written by `crab train`)")
+        model = G.load_generation_model(model_path, method="gan", sampling_rate_hz=sampling_rate_hz)
+
+    cond_values = None
+    if method == "gan":
+        cond_values = _parse_cond(cond, list(model.cond_names)) if cond else None
+    elif cond:
+        raise InputError("--cond applies to conditioned GAN models only")
+    gen = G.TodGenerator(model, seed, cond=cond_values, n_workers=workers)
+    progress = False if no_progress else None
+    run_config = {"command": "crab generate", "fit": None if fit_path is None else str(fit_path)}
+
+    old = signal.signal(signal.SIGTERM, _raise_terminated)  # a terminated run cleans up like ^C
+    try:
+        if checksum_only:
+            stats = G.stream_checksum(gen, duration, detectors, seed, start_s=start, chunk_samples=chunk_samples, progress=progress)
+            click.echo(stats.checksum)
+        elif out == "-":
+            stats = G.stream_raw(gen, sys.stdout.buffer, duration, detectors, seed, start_s=start, chunk_samples=chunk_samples, progress=progress)
+        else:
+            stats = G.generate_to_file(
+                gen, out_path, duration, detectors, seed, start_s=start, chunk_samples=chunk_samples, overwrite=overwrite, progress=progress, run_config=run_config
+            )
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    where = f" -> {stats.path}" if stats.path else ""
+    click.echo(f"{gen.kind}: {stats.summary()}{where}", err=True)

@@ -1,0 +1,98 @@
+"""``crab train``: train the GAN on Monte Carlo TOD (see :mod:`crab.training`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import click
+
+from .options import positive_float, positive_int
+
+
+def _nonneg_int(ctx, param, value):
+    if value is not None and value < 0:
+        raise click.BadParameter(f"must be >= 0, got {value}")
+    return value
+
+
+#: CLI option -> TrainConfig field (options left out keep the default, or the checkpoint's value with --resume)
+_FIELDS = {
+    "epochs": "epochs",
+    "seed": "seed",
+    "window_samples": "window_samples",
+    "loss": "loss",
+    "batch_size": "batch_size",
+    "windows_per_epoch": "windows_per_epoch",
+    "d_pretrain_epochs": "d_pretrain_epochs",
+    "d_steps": "d_steps_per_g_step",
+    "d_optimizer": "d_optimizer",
+    "g_optimizer": "g_optimizer",
+    "d_lr": "d_lr",
+    "g_lr": "g_lr",
+    "label_smoothing": "label_smoothing",
+    "synthetic_weight": "synthetic_weight",
+    "ema_decay": "ema_decay",
+    "highpass_hz": "highpass_hz",
+    "val_fraction": "val_fraction",
+    "threads": "num_threads",
+}
+
+
+@click.command("train")
+@click.option("--data", "data", multiple=True, required=True, type=click.Path(path_type=Path), help="Training TOD: a crab HDF5 file (from `crab simulate`) or a .npz with 'tod' and 'sampling_rate_hz'. Repeat for several files.")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Model directory to write (model.pt, checkpoints, history).")
+@click.option("--epochs", type=int, default=None, callback=positive_int, help="Adversarial epochs (after discriminator pretraining).  [default: 30]")
+@click.option("--seed", type=int, default=None, callback=_nonneg_int, help="Seed of every random stream.  [default: 1]")
+@click.option("--resume", is_flag=True, help="Continue the training stored in --out (checkpoint.pt); ends where an uninterrupted run would.")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
+@click.option("--window-samples", type=int, default=None, callback=positive_int, help="Window length in samples (multiple of 16).  [default: 256]")
+@click.option("--loss", type=click.Choice(["bce", "wgan-gp"]), default=None, help="Adversarial loss.")
+@click.option("--batch-size", type=int, default=None, callback=positive_int)
+@click.option("--windows-per-epoch", type=int, default=None, callback=positive_int, help="Real windows per epoch (random crops).")
+@click.option("--d-pretrain-epochs", type=int, default=None, callback=_nonneg_int, help="Discriminator-only epochs before adversarial training.")
+@click.option("--d-steps", type=int, default=None, callback=positive_int, help="Discriminator steps per generator step.")
+@click.option("--d-optimizer", type=click.Choice(["sgd", "adam"]), default=None)
+@click.option("--g-optimizer", type=click.Choice(["sgd", "adam"]), default=None)
+@click.option("--d-lr", type=float, default=None, callback=positive_float)
+@click.option("--g-lr", type=float, default=None, callback=positive_float)
+@click.option("--label-smoothing", type=float, default=None, help="One-sided label smoothing (real target 1 - s).")
+@click.option("--synthetic-weight", type=float, default=None, callback=positive_float, help="Weight of the synthetic term of the discriminator loss.")
+@click.option("--ema-decay", type=float, default=None, help="EMA of the generator weights (0 disables).")
+@click.option("--highpass-hz", type=float, default=None, help="High-pass cut before windowing (Hz; 0 disables). [default: sampling rate / window]")
+@click.option("--val-fraction", type=float, default=None, help="Last fraction of each series kept for validation.")
+@click.option("--latent-dim", type=int, default=None, callback=positive_int, help="Latent channels of the generator.")
+@click.option("--generator-arch", type=click.Choice(["streaming", "paper"]), default=None, help="Streaming (fully convolutional, default) or the paper's dense-input generator.")
+@click.option("--threads", type=int, default=None, callback=positive_int, help="Torch CPU threads.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(data, out, resume, overwrite, quiet, latent_dim, generator_arch, **opts):
+    """Train the GAN on TOD from `crab simulate` (or your own Monte Carlo).
+
+    Example: crab train --data mc.h5 --out model_dir --epochs 200 --seed 1
+    """
+    from ..errors import InputError
+    from ..model import ModelConfig
+    from ..training import TrainConfig, checkpoint_train_config, train as run_training
+
+    if resume and overwrite:
+        raise InputError("--resume and --overwrite exclude each other")
+    overrides = {_FIELDS[k]: v for k, v in opts.items() if v is not None}
+    model_config = None
+    if resume:
+        base = checkpoint_train_config(out)
+        if latent_dim is not None or generator_arch is not None:
+            raise InputError("--latent-dim and --generator-arch cannot change when resuming")
+    else:
+        base = TrainConfig()
+        mkw = {k: v for k, v in (("latent_dim", latent_dim), ("generator_arch", generator_arch)) if v is not None}
+        try:
+            model_config = ModelConfig(**mkw, window_samples=overrides.get("window_samples", base.window_samples))
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+    cfg = TrainConfig.from_dict({**dataclasses.asdict(base), **overrides})
+    result = run_training(list(data), out, cfg, model_config, resume=resume, overwrite=overwrite, progress=not quiet)
+    best = "none" if result.best_quality is None else f"{result.best_quality:.3f} at epoch {result.best_epoch}"
+    click.echo(
+        f"trained {result.epochs_done} epochs in {result.seconds:.0f} s; sample-quality statistic {best} "
+        f"(real-vs-real floor {result.quality_floor:.3f}); model: {Path(out) / 'model.pt'}; history: {Path(out) / 'history.png'}"
+    )

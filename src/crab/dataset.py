@@ -1,0 +1,384 @@
+"""Training windows from TOD files or arrays: loading, time split, high-pass, transform.
+
+The path of the data, from files to the tensors the GAN sees:
+
+1. :func:`load_tod_sources` reads ``crab`` HDF5 files (:func:`crab.tod_io.read_tod`)
+   or plain ``.npz`` files (``tod``: (n_det, n) or (n,) array, ``sampling_rate_hz``:
+   scalar) and checks them: finite samples, one sampling rate for all files.
+2. :func:`prepare_training_data` splits every detector's series *by time*: the
+   first part trains, the last ``val_fraction`` validates, with a gap of one
+   window between them.  Each part is high-passed **separately**
+   (:func:`crab.noise.highpass`, cut ``highpass_hz``), so no validation sample
+   leaks into a training window, not even through the filter.  The noise
+   parameters (white + 1/f, used at generation for the slow drifts the GAN
+   does not learn) are fitted on the raw training part, and the global
+   :class:`~crab.transform.AmplitudeTransform` on the high-passed training
+   part.  There is no per-window normalisation: a glitch keeps its absolute
+   height.
+3. :class:`WindowSampler` draws random crops of the training parts
+   (augmentation by shifting; every crop lies inside one training part) and
+   :class:`WindowDataset` serves fixed windows (the validation set) as a torch
+   :class:`~torch.utils.data.Dataset`.
+
+Window length
+-------------
+The default window is 256 samples (13.5 s at 19 Hz, 8.3 s at 31 Hz).  It must
+hold the longest glitch tail (wafer hits relax in up to about 1 s, i.e. about
+20 samples at 19 Hz; five tail time constants are ~100 samples) and several
+glitches (a detector sees of the order of one hit per second or less, so a
+window typically holds several to ~10), so that the discriminator sees glitch
+shapes *and* their rate and pile-up.  Longer windows cost proportionally more
+per window without adding information the streaming generator needs (its
+receptive field is local); 256 is also a multiple of the generator's
+upsampling factor (16).  The paper's 264 TODs of 1800 s correspond to ~6.8 s
+windows.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .errors import FileFormatError, InputError
+from .noise import NoiseParams, fit_noise_params, highpass
+from .transform import AmplitudeTransform, robust_sigma
+
+#: Default window length (samples); see the module docstring.
+DEFAULT_WINDOW_SAMPLES = 256
+
+
+@dataclass
+class TodSource:
+    """One input file read into memory.
+
+    Attributes
+    ----------
+    tod : ndarray of float32, shape (n_detectors, n_samples)
+    sampling_rate_hz : float
+    detectors : list of str
+    path : Path
+    units : str
+    """
+
+    tod: np.ndarray
+    sampling_rate_hz: float
+    detectors: list[str]
+    path: Path
+    units: str = "pW"
+
+
+def _load_npz(p: Path) -> TodSource:
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            keys = set(z.files)
+            if "tod" not in keys or "sampling_rate_hz" not in keys:
+                raise FileFormatError(f"{p}: a .npz input needs arrays 'tod' (n_det, n_samples) and 'sampling_rate_hz', found {sorted(keys)}")
+            tod = np.asarray(z["tod"])
+            rate = np.asarray(z["sampling_rate_hz"])
+            dets = [str(d) for d in z["detectors"]] if "detectors" in keys else None
+            units = str(z["units"]) if "units" in keys else "pW"
+    except FileFormatError:
+        raise
+    except Exception as exc:  # zipfile / pickle / value errors of a corrupt file
+        raise FileFormatError(f"{p}: not a readable .npz file ({exc.__class__.__name__})") from None
+    if rate.size != 1 or not np.issubdtype(rate.dtype, np.number):
+        raise FileFormatError(f"{p}: 'sampling_rate_hz' must be one number, got shape {rate.shape} dtype {rate.dtype}")
+    rate = float(rate.reshape(()))
+    if not np.isfinite(rate) or rate <= 0:
+        raise InputError(f"{p}: sampling_rate_hz must be a positive finite number of Hz, got {rate!r}")
+    if not np.issubdtype(tod.dtype, np.number) or tod.ndim not in (1, 2):
+        raise FileFormatError(f"{p}: 'tod' must be a numeric array of shape (n_samples,) or (n_detectors, n_samples), got shape {tod.shape} dtype {tod.dtype}")
+    tod = np.atleast_2d(tod).astype(np.float32)
+    if dets is None or len(dets) != tod.shape[0]:
+        dets = [f"D{i:03d}" for i in range(tod.shape[0])]
+    return TodSource(tod=tod, sampling_rate_hz=rate, detectors=dets, path=p, units=units)
+
+
+def load_tod_source(path: str | os.PathLike) -> TodSource:
+    """Read one ``crab`` HDF5 file or ``.npz`` file; raise a one-line error if it is unusable.
+
+    Raises
+    ------
+    FileFormatError
+        Missing or unreadable file, wrong layout.
+    InputError
+        NaN or infinite samples, bad sampling rate, empty TOD.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileFormatError(f"training data file not found: {p}")
+    if p.is_dir():
+        raise FileFormatError(f"{p} is a folder, expected a TOD file (.h5 from `crab simulate`, or .npz)")
+    if p.suffix.lower() == ".npz":
+        src = _load_npz(p)
+    else:
+        from .tod_io import read_tod
+
+        try:
+            f = read_tod(p, check_finite=False)
+        except FileFormatError as exc:
+            if p.suffix.lower() not in (".h5", ".hdf5", ".hdf"):
+                raise FileFormatError(f"{p}: unsupported training data (expected a crab HDF5 TOD file or a .npz with 'tod' and 'sampling_rate_hz'): {exc}") from None
+            raise
+        src = TodSource(tod=f.tod, sampling_rate_hz=f.meta.sampling_rate_hz, detectors=list(f.meta.detectors), path=p, units=f.meta.units or "pW")
+    if src.tod.size == 0 or src.tod.shape[1] == 0:
+        raise InputError(f"{p}: the TOD is empty")
+    bad = ~np.isfinite(src.tod)
+    if bad.any():
+        det, idx = np.argwhere(bad)[0]
+        raise InputError(f"{p}: TOD contains {int(bad.sum())} NaN or infinite samples (first: detector {int(det)}, sample {int(idx)}); clean or drop them before training")
+    return src
+
+
+def load_tod_sources(paths: Sequence[str | os.PathLike]) -> list[TodSource]:
+    """Read several files and check they share one sampling rate and units."""
+    if not paths:
+        raise InputError("no training data given (pass at least one --data FILE)")
+    sources = [load_tod_source(p) for p in paths]
+    rates = [s.sampling_rate_hz for s in sources]
+    if not np.allclose(rates, rates[0], rtol=1e-9, atol=0):
+        detail = ", ".join(f"{s.path.name}: {s.sampling_rate_hz:g} Hz" for s in sources)
+        raise InputError(f"training files have different sampling rates ({detail}); resample them to one rate or train separate models")
+    return sources
+
+
+# --------------------------------------------------------------------------- split
+def split_bounds(n_samples: int, window_samples: int, val_fraction: float) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``((train_start, train_stop), (val_start, val_stop))`` of a series of ``n_samples``.
+
+    The validation part is the last ``val_fraction`` of the series; a gap of
+    one window separates it from the training part.  Both parts must hold at
+    least one window.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise InputError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    n_val = int(round(n_samples * val_fraction))
+    gap = window_samples
+    n_train = n_samples - n_val - gap
+    if n_train < window_samples or n_val < window_samples:
+        need = int(np.ceil(max(window_samples / val_fraction, (2 * window_samples) / (1.0 - val_fraction)))) + 1
+        raise InputError(
+            f"too few samples: {n_samples} per detector cannot hold one training window and one validation window of "
+            f"{window_samples} samples (val_fraction {val_fraction}, gap of one window); need at least about {need} samples "
+            f"or a shorter --window-samples"
+        )
+    return (0, n_train), (n_samples - n_val, n_samples)
+
+
+@dataclass
+class TrainingData:
+    """Everything training needs from the data, already high-passed and transformed.
+
+    Attributes
+    ----------
+    train : list of ndarray, each (channels, n) float32
+        Training parts in the transformed amplitude space.
+    val : list of ndarray, each (channels, n) float32
+        Validation parts in the transformed amplitude space.
+    transform : AmplitudeTransform
+        Fitted on the high-passed training parts.
+    noise_params : NoiseParams
+        Fitted on the raw training parts.
+    noise_sigma : float
+        Robust white-noise RMS of the high-passed training data (TOD units).
+    sampling_rate_hz, window_samples, highpass_hz
+    channels : int
+        Channels per window (1: every detector is its own series).
+    detectors : list of str
+    units : str
+    files : list of dict
+        Path, detectors and samples of every input file (provenance).
+    """
+
+    train: list[np.ndarray]
+    val: list[np.ndarray]
+    transform: AmplitudeTransform
+    noise_params: NoiseParams
+    noise_sigma: float
+    sampling_rate_hz: float
+    window_samples: int
+    highpass_hz: float | None
+    channels: int
+    detectors: list[str]
+    units: str = "pW"
+    files: list[dict] = field(default_factory=list)
+
+    @property
+    def n_train_samples(self) -> int:
+        return int(sum(a.shape[-1] for a in self.train))
+
+    def val_windows(self, stride: int | None = None, max_windows: int | None = None) -> np.ndarray:
+        """Fixed validation windows (n, channels, window_samples), transformed space.
+
+        ``stride`` defaults to half a window; ``max_windows`` keeps an evenly
+        spaced subset.
+        """
+        return fixed_windows(self.val, self.window_samples, stride or self.window_samples // 2, max_windows)
+
+    def train_windows(self, stride: int | None = None, max_windows: int | None = None) -> np.ndarray:
+        """Fixed training windows (for reference statistics), transformed space."""
+        return fixed_windows(self.train, self.window_samples, stride or self.window_samples // 2, max_windows)
+
+
+def default_highpass_hz(sampling_rate_hz: float, window_samples: int) -> float:
+    """One cycle per window duration: drifts slower than a window are left to the noise model.
+
+    At 19 Hz and 256 samples this is 74 mHz, a time constant 1 / (2 pi f) of
+    about 2 s, longer than the slowest glitch tails (~1 s), so glitch shapes
+    pass almost unchanged, while the 1/f drifts (knee ~20 mHz) are removed.
+    """
+    return float(sampling_rate_hz) / float(window_samples)
+
+
+def prepare_training_data(
+    sources: Sequence[TodSource],
+    window_samples: int = DEFAULT_WINDOW_SAMPLES,
+    val_fraction: float = 0.2,
+    highpass_hz: float | None = None,
+    channels: int = 1,
+    transform_noise_multiple: float = 2.0,
+    transform: AmplitudeTransform | None = None,
+    noise_params: NoiseParams | None = None,
+) -> TrainingData:
+    """Split, high-pass and transform the sources (see the module docstring).
+
+    Parameters
+    ----------
+    sources : sequence of TodSource
+        From :func:`load_tod_sources`.
+    window_samples : int
+        Window length (samples).
+    val_fraction : float
+        Fraction of each series (at its end) kept for validation.
+    highpass_hz : float, optional
+        High-pass cut (Hz); default :func:`default_highpass_hz`; 0 disables.
+    channels : int
+        1 (each detector a separate series) or the number of detectors of
+        every file (detectors generated jointly).
+    transform_noise_multiple : float
+        Linear range of the asinh transform, in robust noise RMS.
+    transform, noise_params : optional
+        Use these instead of fitting (when resuming a run).
+    """
+    if not sources:
+        raise InputError("no training data given")
+    window_samples = int(window_samples)
+    if window_samples < 2:
+        raise InputError(f"window_samples must be >= 2, got {window_samples}")
+    rate = float(sources[0].sampling_rate_hz)
+    if highpass_hz is None:
+        highpass_hz = default_highpass_hz(rate, window_samples)
+    if highpass_hz < 0 or (highpass_hz and highpass_hz >= rate / 2):
+        raise InputError(f"highpass_hz must be in [0, {rate / 2:g}) Hz (Nyquist), got {highpass_hz}")
+    if channels != 1 and any(s.tod.shape[0] != channels for s in sources):
+        raise InputError(f"joint generation of {channels} channels needs every file to have {channels} detectors, got {[s.tod.shape[0] for s in sources]}")
+
+    raw_train, raw_val = [], []
+    for s in sources:
+        (a0, a1), (b0, b1) = split_bounds(s.tod.shape[1], window_samples, val_fraction)
+        raw_train.append(s.tod[:, a0:a1].astype(np.float64))
+        raw_val.append(s.tod[:, b0:b1].astype(np.float64))
+
+    if noise_params is None:
+        try:
+            n_min = min(r.shape[1] for r in raw_train)
+            rows = np.concatenate([r[:, :n_min] for r in raw_train], axis=0)
+            noise_params = fit_noise_params(rows, rate, nperseg=min(4096, n_min))
+        except Exception as exc:  # least squares can fail on degenerate data
+            raise InputError(f"cannot fit the noise model on the training data ({exc.__class__.__name__}: {exc})") from None
+
+    def hp(x: np.ndarray) -> np.ndarray:
+        return highpass(x, rate, highpass_hz) if highpass_hz else x - np.median(x, axis=-1, keepdims=True)
+
+    hp_train = [hp(r) for r in raw_train]
+    hp_val = [hp(r) for r in raw_val]
+    pooled = np.concatenate([h.reshape(-1) for h in hp_train])
+    if transform is None:
+        transform = AmplitudeTransform.fit(pooled, noise_multiple=transform_noise_multiple)
+    sigma = float(np.median([robust_sigma(row) for h in hp_train for row in h]))
+
+    def to_series(parts: list[np.ndarray]) -> list[np.ndarray]:
+        out = []
+        for h in parts:
+            y = transform.forward(h.astype(np.float64)).astype(np.float32)
+            out.extend([y[i : i + 1] for i in range(y.shape[0])] if channels == 1 else [y])
+        return out
+
+    dets = list(sources[0].detectors) if channels != 1 else [d for s in sources for d in s.detectors]
+    return TrainingData(
+        train=to_series(hp_train),
+        val=to_series(hp_val),
+        transform=transform,
+        noise_params=noise_params,
+        noise_sigma=sigma,
+        sampling_rate_hz=rate,
+        window_samples=window_samples,
+        highpass_hz=float(highpass_hz) if highpass_hz else None,
+        channels=channels,
+        detectors=list(dict.fromkeys(dets)),
+        units=sources[0].units,
+        files=[{"path": str(s.path), "n_detectors": int(s.tod.shape[0]), "n_samples": int(s.tod.shape[1]), "sampling_rate_hz": s.sampling_rate_hz} for s in sources],
+    )
+
+
+# --------------------------------------------------------------------------- windows
+def fixed_windows(series: Sequence[np.ndarray], window_samples: int, stride: int, max_windows: int | None = None) -> np.ndarray:
+    """All windows at ``stride`` of every series, shape (n, channels, window_samples)."""
+    out = []
+    for s in series:
+        n = s.shape[-1]
+        for start in range(0, n - window_samples + 1, stride):
+            out.append(s[:, start : start + window_samples])
+    if not out:
+        raise InputError(f"no window of {window_samples} samples fits in the series")
+    w = np.stack(out).astype(np.float32)
+    if max_windows is not None and len(w) > max_windows:
+        w = w[np.linspace(0, len(w) - 1, max_windows).round().astype(int)]
+    return w
+
+
+class WindowDataset(torch.utils.data.Dataset):
+    """Fixed windows (n, channels, window_samples) as a torch Dataset of float32 tensors."""
+
+    def __init__(self, windows: np.ndarray) -> None:
+        self.windows = torch.as_tensor(np.ascontiguousarray(windows, dtype=np.float32))
+
+    def __len__(self) -> int:
+        return int(self.windows.shape[0])
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.windows[i]
+
+
+class WindowSampler:
+    """Random crops of the training series (each crop inside one series, so no leak).
+
+    A crop start is uniform over all valid starts of all series, so every
+    training sample is seen equally often (apart from the series ends).
+    Randomness only from the ``torch.Generator`` passed to :meth:`sample`.
+    """
+
+    def __init__(self, series: Sequence[np.ndarray], window_samples: int) -> None:
+        self.window_samples = int(window_samples)
+        self.series = [torch.as_tensor(np.ascontiguousarray(s, dtype=np.float32)) for s in series]
+        starts = [s.shape[-1] - self.window_samples + 1 for s in self.series]
+        if any(n < 1 for n in starts):
+            raise InputError(f"a training series is shorter than one window of {self.window_samples} samples")
+        self.cum_starts = torch.tensor(np.cumsum([0, *starts]), dtype=torch.int64)
+
+    @property
+    def n_starts(self) -> int:
+        return int(self.cum_starts[-1])
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` random windows, shape (n, channels, window_samples)."""
+        u = torch.randint(0, self.n_starts, (n,), generator=generator)
+        which = torch.searchsorted(self.cum_starts, u, right=True) - 1
+        offs = u - self.cum_starts[which]
+        w = self.window_samples
+        return torch.stack([self.series[int(k)][:, int(o) : int(o) + w] for k, o in zip(which, offs)])

@@ -1,0 +1,619 @@
+"""Training the GAN (paper, sections 3.2-3.3), top to bottom.
+
+:class:`TrainConfig` holds every hyper-parameter; :func:`train` reads the
+data, builds the networks and runs
+
+1. **discriminator pretraining** (``d_pretrain_epochs``): the generator is
+   fixed, the discriminator learns real windows against the untrained
+   generator's output;
+2. **adversarial training** (``epochs``): per generator step,
+   ``d_steps_per_g_step`` discriminator steps;
+
+and after every epoch evaluates on training and validation data (history),
+computes the sample-quality statistic (:mod:`crab.quality`) of windows made
+exactly as generation will make them, and writes a checkpoint atomically.
+When the statistic improves, ``best.pt`` and ``model.pt`` (the file
+generation loads, :func:`crab.modelstore.save_model`) are written too.
+
+Losses
+------
+``"bce"`` (the paper's choice): the discriminator minimises
+``BCE(D(real), 1 - label_smoothing) + synthetic_weight * BCE(D(fake), 0)``
+(one-sided label smoothing), the generator the non-saturating
+``BCE(D(fake), 1)``.  ``"wgan-gp"``: the critic minimises
+``synthetic_weight * E[D(fake)] - E[D(real)] + gp_weight * GP`` (Gulrajani
+et al. 2017), the generator ``-E[D(fake)]``; label smoothing does not apply.
+
+Randomness
+----------
+Weights are initialised from ``torch.manual_seed`` derived from
+``crab.rng.generator(seed, "training", 1)``.  Every epoch draws its crops,
+latents and gradient-penalty mixes from a ``torch.Generator`` seeded from
+``crab.rng.generator(seed, "training", 0, epoch)``: the stream is keyed on
+the epoch, so a run resumed at an epoch boundary draws exactly what the
+uninterrupted run would.  The evaluation latents are fixed streams
+(``"training", 2`` and ``3``) that do not touch the training streams.  The
+global torch RNG state is saved in the checkpoint as well.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import io
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import __version__, rng
+from .dataset import DEFAULT_WINDOW_SAMPLES, TodSource, TrainingData, WindowSampler, load_tod_sources, prepare_training_data
+from .errors import InputError, ModelCompatibilityError
+from .history import History
+from .model import Discriminator, Generator, ModelConfig
+from .modelstore import save_model
+from .noise import NoiseParams
+from .progress import bar
+from .provenance import atomic_write_bytes, run_record, write_json
+from .quality import quality_floor, sample_quality
+from .transform import AmplitudeTransform
+
+CHECKPOINT_FILE = "checkpoint.pt"
+BEST_FILE = "best.pt"
+CHECKPOINT_FORMAT = "crab-checkpoint"
+CHECKPOINT_VERSION = 1
+
+#: history.png is redrawn at most this often (s), and after the last epoch.
+PLOT_INTERVAL_S = 20.0
+
+#: TrainConfig fields that may differ when resuming (everything else must match).
+RESUMABLE_CHANGES = ("epochs", "num_threads")
+
+
+@dataclass
+class TrainConfig:
+    """Every hyper-parameter of a training run.
+
+    Attributes
+    ----------
+    epochs : int
+        Adversarial epochs (after the discriminator pretraining).
+    windows_per_epoch : int
+        Real windows the discriminator sees per epoch (random crops of the
+        training part); the paper's epoch was one pass over 264 windows.
+    batch_size : int
+        Windows per discriminator and per generator step.
+    loss : str
+        ``"bce"`` (binary cross-entropy, the paper's choice) or ``"wgan-gp"``.
+    gp_weight : float
+        Weight of the gradient penalty (``"wgan-gp"`` only).
+    d_pretrain_epochs : int
+        Epochs of discriminator-only training with the generator fixed, before
+        the adversarial epochs (paper: 10-20).
+    d_steps_per_g_step : int
+        Discriminator steps per generator step.
+    d_optimizer, g_optimizer : str
+        ``"sgd"`` (with momentum) or ``"adam"``; the paper: SGD for D, Adam for G.
+    d_lr, g_lr : float
+        Learning rates.
+    d_momentum, g_momentum : float
+        SGD momentum.
+    d_betas, g_betas : tuple of float
+        Adam betas.
+    label_smoothing : float
+        One-sided: the discriminator's target for real windows is ``1 - label_smoothing`` (BCE only).
+    synthetic_weight : float
+        Weight of the synthetic-window term of the discriminator loss.
+    ema_decay : float
+        Exponential moving average of the generator weights used for
+        evaluation and saved as the model; 0 disables it.
+    window_samples : int
+        Window length (samples); see :mod:`crab.dataset` for the default.
+    highpass_hz : float or None
+        High-pass cut applied before windowing (Hz); None: one cycle per window.
+    val_fraction : float
+        Last fraction of every series used for validation (gap of one window).
+    transform_noise_multiple : float
+        Linear range of the amplitude transform (robust noise RMS).
+    val_windows : int
+        At most this many validation windows (half-overlapping) are evaluated.
+    quality_windows : int
+        Generated windows for the sample-quality statistic.
+    bn_calibration_batches : int
+        Latent batches used to recompute the generator's batch-norm running
+        statistics before evaluation and saving.
+    seed : int
+        Seed of every random stream of the run.
+    num_threads : int or None
+        Torch CPU threads (None: torch's default).
+    """
+
+    epochs: int = 30
+    windows_per_epoch: int = 4096
+    batch_size: int = 64
+    loss: str = "bce"
+    gp_weight: float = 10.0
+    d_pretrain_epochs: int = 10
+    d_steps_per_g_step: int = 1
+    d_optimizer: str = "sgd"
+    g_optimizer: str = "adam"
+    d_lr: float = 0.02
+    g_lr: float = 2e-4
+    d_momentum: float = 0.9
+    g_momentum: float = 0.9
+    d_betas: tuple[float, float] = (0.5, 0.999)
+    g_betas: tuple[float, float] = (0.5, 0.999)
+    label_smoothing: float = 0.1
+    synthetic_weight: float = 1.0
+    ema_decay: float = 0.999
+    window_samples: int = DEFAULT_WINDOW_SAMPLES
+    highpass_hz: float | None = None
+    val_fraction: float = 0.2
+    transform_noise_multiple: float = 2.0
+    val_windows: int = 512
+    quality_windows: int = 512
+    bn_calibration_batches: int = 16
+    seed: int = 1
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        self.d_betas = tuple(float(b) for b in self.d_betas)
+        self.g_betas = tuple(float(b) for b in self.g_betas)
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.windows_per_epoch >= self.batch_size, f"windows_per_epoch ({self.windows_per_epoch}) must be >= batch_size ({self.batch_size})"),
+            (self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}"),
+            (self.loss in ("bce", "wgan-gp"), f"loss must be 'bce' or 'wgan-gp', got {self.loss!r}"),
+            (self.d_pretrain_epochs >= 0, f"d_pretrain_epochs must be >= 0, got {self.d_pretrain_epochs}"),
+            (self.d_steps_per_g_step >= 1, f"d_steps_per_g_step must be >= 1, got {self.d_steps_per_g_step}"),
+            (self.d_optimizer in ("sgd", "adam"), f"d_optimizer must be 'sgd' or 'adam', got {self.d_optimizer!r}"),
+            (self.g_optimizer in ("sgd", "adam"), f"g_optimizer must be 'sgd' or 'adam', got {self.g_optimizer!r}"),
+            (self.d_lr > 0 and self.g_lr > 0, "learning rates must be > 0"),
+            (0.0 <= self.label_smoothing < 0.5, f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}"),
+            (self.synthetic_weight > 0, f"synthetic_weight must be > 0, got {self.synthetic_weight}"),
+            (0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}"),
+            (self.window_samples >= 32, f"window_samples must be >= 32, got {self.window_samples}"),
+            (0.0 < self.val_fraction < 1.0, f"val_fraction must be in (0, 1), got {self.val_fraction}"),
+            (self.val_windows >= 2 and self.quality_windows >= 2, "val_windows and quality_windows must be >= 2"),
+            (self.bn_calibration_batches >= 1, "bn_calibration_batches must be >= 1"),
+            (self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1, got {self.num_threads}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise InputError(msg)
+        rng.check_seed(self.seed)
+
+    @property
+    def total_epochs(self) -> int:
+        return self.d_pretrain_epochs + self.epochs
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns."""
+
+    out_dir: Path
+    epochs_done: int
+    best_epoch: int | None
+    best_quality: float | None
+    quality_floor: float | None
+    history: History
+    seconds: float
+    data: TrainingData | None = field(default=None, repr=False)
+
+
+# --------------------------------------------------------------------------- helpers
+def _seed_from(seed: int, *key: int) -> int:
+    return int(rng.generator(seed, "training", *key).integers(0, 2**62))
+
+
+def _optimizer(kind: str, params, lr: float, momentum: float, betas) -> torch.optim.Optimizer:
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+    return torch.optim.Adam(params, lr=lr, betas=tuple(betas))
+
+
+def _latents(G: Generator, n: int, gen: torch.Generator) -> torch.Tensor:
+    """Latents for ``n`` windows: for the streaming generator, the window plus margins on both sides."""
+    steps = G.coarse_len + 2 * G.margin_latents if G.streaming else None
+    return torch.randn(G.latent_shape(n, steps), generator=gen)
+
+
+def generate_windows(G: Generator, z: torch.Tensor) -> torch.Tensor:
+    """Generator output cropped to the central window, as generation does (no edge effects learned)."""
+    x = G(z)
+    if G.streaming:
+        m = G.margin_latents * G.cfg.upsample_factor
+        x = x[..., m : m + G.cfg.window_samples]
+    return x
+
+
+def calibrate_batchnorm(G: Generator, n_batches: int, batch_size: int, seed: int) -> Generator:
+    """A copy of ``G`` in eval mode whose BN running statistics are the exact
+    average over ``n_batches`` fixed latent batches (cumulative moving average),
+    so that eval mode (used at generation) reproduces the training-mode output."""
+    g = copy.deepcopy(G)
+    bns = [m for m in g.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    gen = torch.Generator().manual_seed(_seed_from(seed, 2))
+    g.train()
+    with torch.no_grad():
+        for _ in range(n_batches):
+            g(_latents(g, batch_size, gen))
+    for m in bns:
+        m.momentum = 0.1
+    return g.eval()
+
+
+def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+def gradient_penalty(D: Discriminator, real: torch.Tensor, fake: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """WGAN-GP: ``E[(|grad D(x_mix)| - 1)^2]`` on random mixes of real and fake."""
+    eps = torch.rand(real.shape[0], 1, 1, generator=gen)
+    mix = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(D(mix).sum(), mix, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - 1.0) ** 2).mean()
+
+
+def d_losses(cfg: TrainConfig, lr: torch.Tensor, lf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(discriminator loss without GP, generator loss) from logits on real and fake windows."""
+    if cfg.loss == "bce":
+        d = _bce(lr, 1.0 - cfg.label_smoothing) + cfg.synthetic_weight * _bce(lf, 0.0)
+    else:
+        d = cfg.synthetic_weight * lf.mean() - lr.mean()
+    return d, g_loss_fn(cfg, lf)
+
+
+def g_loss_fn(cfg: TrainConfig, lf: torch.Tensor) -> torch.Tensor:
+    """Generator loss from the discriminator's logits on fake windows (non-saturating BCE, or -critic)."""
+    return _bce(lf, 1.0) if cfg.loss == "bce" else -lf.mean()
+
+
+def d_stats(cfg: TrainConfig, lr: torch.Tensor, lf: torch.Tensor) -> dict[str, float]:
+    """Accuracy and mean score on real and fake.  BCE: threshold 0 logit, score = probability;
+    WGAN: threshold halfway between the mean critic values, score = raw critic."""
+    if cfg.loss == "bce":
+        thr, sr, sf = 0.0, torch.sigmoid(lr).mean(), torch.sigmoid(lf).mean()
+    else:
+        sr, sf = lr.mean(), lf.mean()
+        thr = float(0.5 * (sr + sf))
+    return {"d_acc_real": float((lr > thr).float().mean()), "d_acc_fake": float((lf <= thr).float().mean()), "d_score_real": float(sr), "d_score_fake": float(sf)}
+
+
+class _Mean:
+    """Running means of named scalars."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, **kv: float) -> None:
+        for k, v in kv.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {k: self.sums[k] / self.counts[k] for k in self.sums}
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _to_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a ``checkpoint.pt`` (or ``best.pt``) or a model directory's checkpoint."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / CHECKPOINT_FILE
+    if not p.exists():
+        raise ModelCompatibilityError(f"no checkpoint to resume from: {p} does not exist (train without --resume first)")
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelCompatibilityError(f"{p}: cannot be read as a CRAB checkpoint ({exc.__class__.__name__})") from None
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise ModelCompatibilityError(f"{p}: not a CRAB training checkpoint")
+    if ck.get("format_version") != CHECKPOINT_VERSION:
+        raise ModelCompatibilityError(f"{p}: checkpoint format {ck.get('format_version')} is not supported (expected {CHECKPOINT_VERSION})")
+    return ck
+
+
+def checkpoint_train_config(out_dir: str | os.PathLike) -> TrainConfig:
+    """The TrainConfig stored in a model directory's checkpoint (for ``--resume``)."""
+    return TrainConfig.from_dict(load_checkpoint(out_dir)["train_config"])
+
+
+def _check_resume(ck: dict, cfg: TrainConfig, mcfg: ModelConfig, sources: Sequence[TodSource], path: Path) -> None:
+    old = TrainConfig.from_dict(ck["train_config"]).to_dict()
+    new = cfg.to_dict()
+    if int(ck["window_samples"]) != cfg.window_samples:
+        raise ModelCompatibilityError(f"{path}: the checkpoint was trained with windows of {ck['window_samples']} samples, but {cfg.window_samples} were asked")
+    rate = sources[0].sampling_rate_hz
+    if not np.isclose(float(ck["sampling_rate_hz"]), rate, rtol=1e-9, atol=0):
+        raise ModelCompatibilityError(f"{path}: the checkpoint was trained at {float(ck['sampling_rate_hz']):g} Hz, but the data are at {rate:g} Hz")
+    diff = [k for k in new if k not in RESUMABLE_CHANGES and _norm(new[k]) != _norm(old.get(k))]
+    if diff:
+        detail = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in diff)
+        raise ModelCompatibilityError(f"{path}: cannot resume with a different training configuration ({detail}); only {', '.join(RESUMABLE_CHANGES)} may change")
+    if ModelConfig.from_dict(ck["model_config"]).to_dict() != mcfg.to_dict():
+        raise ModelCompatibilityError(f"{path}: cannot resume with a different model configuration")
+    shapes = [(f["n_detectors"], f["n_samples"]) for f in ck["data_files"]]
+    if shapes != [(int(s.tod.shape[0]), int(s.tod.shape[1])) for s in sources]:
+        raise ModelCompatibilityError(f"{path}: the training data differ from those of the checkpoint ({len(shapes)} files of (detectors, samples) {shapes})")
+
+
+def _norm(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def _prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    if resume:
+        return
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise InputError(f"model folder {out} exists and is not empty; use --resume to continue its training or --overwrite to replace it")
+
+
+# --------------------------------------------------------------------------- training
+def train(
+    data: Sequence[str | os.PathLike | TodSource],
+    out_dir: str | os.PathLike,
+    train_config: TrainConfig | None = None,
+    model_config: ModelConfig | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a GAN on TOD files (or :class:`~crab.dataset.TodSource` arrays) into ``out_dir``.
+
+    Parameters
+    ----------
+    data : sequence of path-like or TodSource
+        ``crab`` HDF5 files or ``.npz`` files (``tod``, ``sampling_rate_hz``).
+    out_dir : path-like
+        Model directory (see ``docs/design.md``).
+    train_config : TrainConfig, optional
+        Hyper-parameters; with ``resume`` and None, the checkpoint's.
+    model_config : ModelConfig, optional
+        Architecture; ``window_samples`` is taken from ``train_config``.  With
+        ``resume`` and None, the checkpoint's.
+    resume : bool
+        Continue from ``out_dir/checkpoint.pt``; the run ends where an
+        uninterrupted run with the same configuration would.
+    overwrite : bool
+        Replace a non-empty ``out_dir`` (without ``resume``).
+    progress : bool
+        Draw a progress bar (epoch, losses, quality, ETA).
+
+    Raises
+    ------
+    InputError, FileFormatError
+        Bad data or configuration (nothing is written).
+    ModelCompatibilityError
+        ``resume`` with no checkpoint or an incompatible one.
+    """
+    t_start = time.time()
+    out = Path(out_dir)
+
+    # ---- data and configuration, checked before anything is written
+    sources = [d if isinstance(d, TodSource) else None for d in data]
+    paths = [d for d in data if not isinstance(d, TodSource)]
+    loaded = iter(load_tod_sources(paths)) if paths else iter(())
+    sources = [s if s is not None else next(loaded) for s in sources]
+    if not sources:
+        raise InputError("no training data given (pass at least one --data FILE)")
+    if len({round(s.sampling_rate_hz, 9) for s in sources}) > 1:
+        raise InputError("training data have different sampling rates: " + ", ".join(f"{s.path.name}: {s.sampling_rate_hz:g} Hz" for s in sources))
+    ck = load_checkpoint(out) if resume else None
+    cfg = train_config or (TrainConfig.from_dict(ck["train_config"]) if ck else TrainConfig())
+    if model_config is None:
+        model_config = ModelConfig.from_dict(ck["model_config"]) if ck else ModelConfig()
+    if model_config.cond_dim:
+        raise InputError("conditioned training (cond_dim > 0) is not supported by `crab train` yet")
+    mcfg = dataclasses.replace(model_config, window_samples=cfg.window_samples)
+    if ck is not None:
+        _check_resume(ck, cfg, mcfg, sources, out / CHECKPOINT_FILE)
+    _prepare_out_dir(out, resume, overwrite)
+    data_ = prepare_training_data(
+        sources,
+        window_samples=cfg.window_samples,
+        val_fraction=cfg.val_fraction,
+        highpass_hz=cfg.highpass_hz,
+        channels=mcfg.out_channels,
+        transform_noise_multiple=cfg.transform_noise_multiple,
+        transform=AmplitudeTransform.from_dict(ck["transform"]) if ck else None,
+        noise_params=NoiseParams(**ck["noise_params"]) if ck else None,
+    )
+    old_threads = torch.get_num_threads()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+
+    created = not out.exists()
+    if not resume and out.exists() and overwrite:
+        shutil.rmtree(out)
+        created = True
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(cfg, mcfg, data_, sources, out, ck, progress, t_start)
+    except BaseException:
+        if created and not (out / CHECKPOINT_FILE).exists():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _run(cfg: TrainConfig, mcfg: ModelConfig, data: TrainingData, sources, out: Path, ck: dict | None, progress: bool, t_start: float) -> TrainResult:
+    B, W = cfg.batch_size, cfg.window_samples
+    tf = data.transform
+
+    # ---- networks and optimisers
+    torch.manual_seed(_seed_from(cfg.seed, 1))
+    G, D = Generator(mcfg), Discriminator(mcfg)
+    ema = copy.deepcopy(G).requires_grad_(False) if cfg.ema_decay > 0 else None
+    opt_d = _optimizer(cfg.d_optimizer, D.parameters(), cfg.d_lr, cfg.d_momentum, cfg.d_betas)
+    opt_g = _optimizer(cfg.g_optimizer, G.parameters(), cfg.g_lr, cfg.g_momentum, cfg.g_betas)
+
+    # ---- data
+    sampler = WindowSampler(data.train, W)
+    val_real = torch.as_tensor(data.val_windows(max_windows=cfg.val_windows))
+    val_real_tod = tf.inverse(val_real.numpy().astype(np.float64))
+    n_ref = min(len(val_real), cfg.quality_windows)
+    floor = quality_floor(val_real_tod, tf.inverse(data.train_windows(max_windows=n_ref).astype(np.float64)), data.noise_sigma)
+    z_val = _latents(G, len(val_real), torch.Generator().manual_seed(_seed_from(cfg.seed, 4)))
+    z_quality = _latents(G, cfg.quality_windows, torch.Generator().manual_seed(_seed_from(cfg.seed, 3)))
+
+    # ---- state (fresh or resumed)
+    history = History(meta={"quality_floor": floor, "loss": cfg.loss, "n_val_windows": len(val_real), "n_quality_windows": cfg.quality_windows})
+    start_epoch, best_quality, best_epoch = 0, math.inf, None
+    if ck is not None:
+        G.load_state_dict(ck["generator"])
+        D.load_state_dict(ck["discriminator"])
+        if ema is not None:
+            ema.load_state_dict(ck["ema"])
+        opt_g.load_state_dict(ck["opt_g"])
+        opt_d.load_state_dict(ck["opt_d"])
+        torch.set_rng_state(ck["torch_rng_state"])
+        history = History.from_dict(ck["history"])
+        start_epoch = int(ck["epoch"])
+        best_quality = float(ck["best_quality"]) if ck["best_quality"] is not None else math.inf
+        best_epoch = ck["best_epoch"]
+    record = run_record(cfg, cfg.seed, model_config=mcfg.to_dict(), data_files=data.files, detectors=data.detectors, sampling_rate_hz=data.sampling_rate_hz, units=data.units,
+                        transform=tf.to_dict(), noise_params=data.noise_params.to_dict(), noise_sigma=data.noise_sigma, highpass_hz=data.highpass_hz, quality_floor=floor,
+                        resumed_from_epoch=start_epoch if ck is not None else None)
+    write_json(out / "config.json", record)
+
+    def checkpoint(epoch: int) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "crab_version": __version__, "epoch": epoch,
+            "train_config": cfg.to_dict(), "model_config": mcfg.to_dict(),
+            "generator": G.state_dict(), "discriminator": D.state_dict(), "ema": None if ema is None else ema.state_dict(),
+            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "torch_rng_state": torch.get_rng_state(),
+            "history": history.to_dict(), "best_quality": None if not math.isfinite(best_quality) else best_quality, "best_epoch": best_epoch,
+            "transform": tf.to_dict(), "noise_params": data.noise_params.to_dict(), "noise_sigma": data.noise_sigma,
+            "sampling_rate_hz": data.sampling_rate_hz, "window_samples": W, "highpass_hz": data.highpass_hz,
+            "detectors": data.detectors, "units": data.units, "data_files": data.files,
+        }
+
+    n_d_steps = cfg.windows_per_epoch // B
+    last_plot = -math.inf
+    pbar = bar(total=cfg.total_epochs, desc="train", unit="epoch", disable=not progress, initial=start_epoch)
+    for epoch in range(start_epoch + 1, cfg.total_epochs + 1):
+        t0 = time.time()
+        pretrain = epoch <= cfg.d_pretrain_epochs
+        gen = torch.Generator().manual_seed(_seed_from(cfg.seed, 0, epoch))
+        G.train()
+        D.train()
+        stats = _Mean()
+        for step in range(n_d_steps):
+            # -- discriminator step: real crops against the generator's current output
+            real = sampler.sample(B, gen)
+            with torch.no_grad():
+                fake = generate_windows(G, _latents(G, B, gen))
+            lr, lf = D(real), D(fake)
+            d_loss, g_loss_now = d_losses(cfg, lr, lf)
+            loss = d_loss
+            if cfg.loss == "wgan-gp":
+                gp = gradient_penalty(D, real, fake, gen)
+                loss = d_loss + cfg.gp_weight * gp
+                stats.add(gp=gp.item())
+            opt_d.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_d.step()
+            stats.add(d_loss=d_loss.item(), **d_stats(cfg, lr.detach(), lf.detach()))
+            if pretrain:  # the generator stays fixed; its loss is only recorded
+                stats.add(g_loss=g_loss_now.item())
+                continue
+            if (step + 1) % cfg.d_steps_per_g_step:
+                continue
+            # -- generator step
+            fake = generate_windows(G, _latents(G, B, gen))
+            D.requires_grad_(False)
+            g_loss = g_loss_fn(cfg, D(fake))
+            opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()
+            opt_g.step()
+            D.requires_grad_(True)
+            stats.add(g_loss=g_loss.item())
+            if ema is not None:
+                with torch.no_grad():
+                    for pe, p in zip(ema.parameters(), G.parameters()):
+                        pe.lerp_(p, 1.0 - cfg.ema_decay)
+                    for be, b in zip(ema.buffers(), G.buffers()):
+                        be.copy_(b)
+        train_stats = stats.means()
+
+        # -- validation: D on held-out real windows and on the generator's windows (training mode, as in the loop)
+        G_val = copy.deepcopy(G)  # a copy, so batch-norm running statistics are untouched
+        val = _Mean()
+        with torch.no_grad():
+            for i in range(0, len(val_real), B):
+                real = val_real[i : i + B]
+                fake = generate_windows(G_val, z_val[i : i + B])
+                if len(real) < 2:
+                    continue
+                lr, lf = D(real), D(fake)
+                d_loss, g_loss = d_losses(cfg, lr, lf)
+                val.add(d_loss=float(d_loss), g_loss=float(g_loss), **d_stats(cfg, lr, lf))
+        val_stats = val.means()
+
+        # -- sample quality of what generation would produce (EMA weights, recalibrated BN, eval mode)
+        G_eval = calibrate_batchnorm(ema if ema is not None else G, cfg.bn_calibration_batches, B, cfg.seed)
+        with torch.no_grad():
+            fake_q = torch.cat([generate_windows(G_eval, z_quality[i : i + B]) for i in range(0, len(z_quality), B)])
+        quality, _ = sample_quality(val_real_tod, tf.inverse(fake_q.numpy().astype(np.float64)), data.noise_sigma)
+
+        row = {"epoch": epoch, "phase": "pretrain" if pretrain else "gan", "quality": quality, "train_gp": train_stats.get("gp"), "seconds": time.time() - t0}
+        row.update({f"train_{k}": v for k, v in train_stats.items() if k != "gp"})
+        row.update({f"val_{k}": v for k, v in val_stats.items()})
+        history.append(row)
+
+        # -- best model (adversarial epochs only), then the checkpoint, each written atomically
+        if not pretrain and quality < best_quality:
+            best_quality, best_epoch = quality, epoch
+            save_model(out, G_eval, tf, data.sampling_rate_hz, units=data.units, noise_params=data.noise_params, highpass_hz=data.highpass_hz,
+                       detectors_trained=data.detectors, epoch=epoch, quality=quality, quality_floor=floor, noise_sigma=data.noise_sigma,
+                       train_config=_norm_dict(cfg.to_dict()))
+            atomic_write_bytes(out / BEST_FILE, _to_bytes(checkpoint(epoch)))
+        atomic_write_bytes(out / CHECKPOINT_FILE, _to_bytes(checkpoint(epoch)))
+        final = epoch == cfg.total_epochs
+        plot = final or time.time() - last_plot >= PLOT_INTERVAL_S
+        history.save(out, plot=plot)
+        last_plot = time.time() if plot else last_plot
+        pbar.update(1)
+        pbar.set_postfix(D=f"{train_stats['d_loss']:.3f}", G=f"{train_stats['g_loss']:.3f}", q=f"{quality:.3f}", best=f"{best_quality:.3f}" if math.isfinite(best_quality) else "-")
+    pbar.close()
+    if not (out / "history.png").exists():
+        history.save(out)
+    return TrainResult(out_dir=out, epochs_done=cfg.total_epochs, best_epoch=best_epoch, best_quality=best_quality if math.isfinite(best_quality) else None,
+                       quality_floor=floor, history=history, seconds=time.time() - t_start, data=data)
+
+
+def _norm_dict(d: dict) -> dict:
+    return {k: _norm(v) for k, v in d.items()}

@@ -1,0 +1,80 @@
+"""`crab train`: runs, resumes, and fails with one-line errors and no partial model directory."""
+
+import json
+
+import numpy as np
+import pytest
+
+from crab.cli import main
+from crab.modelstore import load_model
+
+FAST = ["--window-samples", "64", "--batch-size", "16", "--windows-per-epoch", "32", "--d-pretrain-epochs", "0", "--threads", "1", "--quiet", "--latent-dim", "20"]
+
+
+def _run(capsys, *args):
+    with pytest.raises(SystemExit) as exc:
+        main(list(map(str, args)))
+    return exc.value.code, capsys.readouterr()
+
+
+def _ok(capsys, *args):
+    code, res = _run(capsys, *args)
+    assert code in (0, None), res.err
+    return res
+
+
+@pytest.fixture
+def npz(tmp_path, synthetic_tod):
+    def make(name="mc.npz", n=19 * 100, rate=19.0, nan=False):
+        tod, _ = synthetic_tod(n_detectors=2, n_samples=n, glitch_rate_hz=0.3)
+        if nan:
+            tod[0, 3] = np.nan
+        p = tmp_path / name
+        np.savez(p, tod=tod, sampling_rate_hz=rate)
+        return p
+
+    return make
+
+
+def test_train_and_resume(tmp_path, npz, capsys):
+    out = tmp_path / "model"
+    res = _ok(capsys, "train", "--data", npz(), "--out", out, "--epochs", 1, "--seed", 3, *FAST)
+    assert "model.pt" in res.out and "history.png" in res.out
+    m = load_model(out, sampling_rate_hz=19.0, window_samples=64)
+    assert m.model_config.latent_dim == 20
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["seed"] == 3 and cfg["config"]["window_samples"] == 64
+    # resume to more epochs: the stored configuration is reused
+    _ok(capsys, "train", "--data", npz(), "--out", out, "--epochs", 2, "--resume", "--quiet")
+    assert len(json.loads((out / "history.json").read_text())["rows"]) == 2
+    # another window length than the checkpoint's: clear error
+    code, res = _run(capsys, "train", "--data", npz(), "--out", out, "--epochs", 3, "--resume", "--window-samples", 128)
+    assert code == 2 and res.err.count("\n") == 1 and "64 samples" in res.err
+    # a non-empty directory is not overwritten silently
+    code, res = _run(capsys, "train", "--data", npz(), "--out", out, "--epochs", 1, *FAST)
+    assert code == 2 and "--overwrite" in res.err
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [("missing", "not found"), ("nan", "NaN"), ("short", "too few samples"), ("rates", "different sampling rates"), ("window", "multiple of 16")],
+)
+def test_bad_inputs_one_line_error_and_no_model_dir(tmp_path, npz, capsys, case, message):
+    out = tmp_path / "model"
+    data = {
+        "missing": ["--data", tmp_path / "nope.h5"],
+        "nan": ["--data", npz(nan=True)],
+        "short": ["--data", npz(n=200)],
+        "rates": ["--data", npz("a.npz"), "--data", npz("b.npz", rate=31.0)],
+        "window": ["--data", npz()],
+    }[case]
+    extra = ["--window-samples", "60"] if case == "window" else ["--window-samples", "64"]
+    code, res = _run(capsys, "train", *data, "--out", out, "--epochs", 1, "--quiet", *extra)
+    assert code == 2
+    assert res.err.startswith("error: ") and res.err.count("\n") == 1 and message in res.err
+    assert not out.exists()
+
+
+def test_resume_without_checkpoint(tmp_path, npz, capsys):
+    code, res = _run(capsys, "train", "--data", npz(), "--out", tmp_path / "m", "--resume")
+    assert code == 2 and "no checkpoint" in res.err

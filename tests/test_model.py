@@ -1,0 +1,72 @@
+"""Networks (paper, section 3.1) and the streaming-generator contract generation relies on."""
+
+import pytest
+import torch
+from torch import nn
+
+from crab.model import Discriminator, Generator, ModelConfig
+
+SMALL = dict(window_samples=64, latent_dim=20, generator_channels=(8, 8, 8, 8, 8), discriminator_channels=(8, 8, 8, 8))
+
+
+def test_discriminator_layout():
+    d = Discriminator(ModelConfig(**SMALL))
+    convs = [m for m in d.modules() if isinstance(m, nn.Conv1d)]
+    norms = [m for m in d.modules() if isinstance(m, nn.GroupNorm)]
+    assert len(convs) == 4 and len(norms) == 4 and all(n.num_groups == 1 for n in norms)  # layer normalisation
+    assert any(isinstance(m, nn.LeakyReLU) for m in d.modules())
+    assert isinstance(d.head, nn.Linear)
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in d.modules())
+    assert d(torch.randn(5, 1, 64)).shape == (5,)
+
+
+def test_generator_mirrors_with_batchnorm_and_configurable_latent():
+    for latent in (19, 28):
+        g = Generator(ModelConfig(**{**SMALL, "latent_dim": latent}))
+        assert sum(isinstance(m, nn.BatchNorm1d) for m in g.modules()) == 5
+        assert sum(isinstance(m, nn.Upsample) for m in g.modules()) == 4
+        assert any(isinstance(m, nn.LeakyReLU) for m in g.modules())
+        z = torch.randn(g.latent_shape(2, 7))
+        assert z.shape == (2, latent, 7) and g(z).shape == (2, 1, 7 * 16)
+    with pytest.raises(ValueError, match="noise_dim"):
+        ModelConfig(**{**SMALL, "latent_dim": 8})
+
+
+def test_noise_channels_feed_full_resolution_noise():
+    torch.manual_seed(0)
+    g = Generator(ModelConfig(**SMALL)).eval()
+    z = torch.randn(1, 20, 12)
+    z2 = z.clone()
+    z2[0, 4 + 5, 6] += 3.0  # noise channel 5 of latent step 6 -> output sample 16 * 6 + 5
+    with torch.no_grad():
+        d = (g(z2) - g(z)).abs()[0, 0]
+    changed = torch.nonzero(d > 1e-6).flatten()
+    assert changed.min() >= 16 * 6 + 5 - 4 and changed.max() <= 16 * 6 + 5 + 4  # local: two k=5 convolutions
+    assert ModelConfig(**{**SMALL, "noise_dim": 0}).noise_dim == 0
+
+
+def test_paper_generator_shape():
+    g = Generator(ModelConfig(**SMALL, generator_arch="paper"))
+    assert g.latent_shape(3) == (3, 20)  # the paper generator has no noise channels: one latent vector per window
+    assert g(torch.randn(3, 20)).shape == (3, 1, 64)
+
+
+def test_streaming_generator_is_translation_equivariant_with_finite_margin():
+    torch.manual_seed(0)
+    g = Generator(ModelConfig(**SMALL)).eval()
+    m, f = g.margin_latents, 16
+    z = torch.randn(1, 20, 30)
+    with torch.no_grad():
+        y = g(z)
+        y_shift = g(z[..., 3:])  # drop three latent steps on the left
+        z2 = z.clone()
+        z2[..., : 10 - m] = torch.randn(1, 20, 10 - m)  # change latents further than the margin
+        y2 = g(z2)
+    lo, hi = (3 + m) * f, (30 - m) * f
+    torch.testing.assert_close(y[..., lo:hi], y_shift[..., lo - 3 * f : hi - 3 * f])
+    torch.testing.assert_close(y[..., 10 * f : hi], y2[..., 10 * f : hi])
+
+
+def test_model_config_round_trip():
+    cfg = ModelConfig(**SMALL, spectral_norm=True)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg

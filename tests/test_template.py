@@ -1,0 +1,153 @@
+"""Template baseline: fit on Monte Carlo truth, counter-based seam-free generation, JSON round trip."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import make_synthetic_tod
+
+from crab.errors import FileFormatError, ModelCompatibilityError
+from crab.generation import TodGenerator
+from crab.template import (
+    TemplateSource,
+    fit_template,
+    fit_template_file,
+    load_template,
+    render_glitches,
+    save_template,
+)
+from crab.tod_io import EventTable, TodMetadata, default_detector_names, write_tod
+
+FS = 19.0
+
+
+def _truth_table(truth: dict, wafer_times=()) -> EventTable:
+    n, w = len(truth["time_s"]), len(wafer_times)
+    return EventTable(
+        time_s=np.concatenate([truth["time_s"], wafer_times]),
+        detector=np.concatenate([truth["detector"], -np.ones(w)]),
+        charge_z=np.ones(n + w),
+        energy_kev=np.concatenate([truth["amplitude"], np.ones(w)]),
+        kind=np.concatenate([np.zeros(n), np.ones(w)]),
+    )
+
+
+@pytest.fixture(scope="module")
+def mc():
+    """Synthetic 'Monte Carlo': direct glitches (tau 0.15 s) plus common-mode wafer glitches (tau 0.6 s)."""
+    tod, truth = make_synthetic_tod(n_detectors=2, n_samples=int(FS * 7200), glitch_rate_hz=0.1, seed=3)
+    g = np.random.default_rng(9)
+    wafer_t = np.sort(g.uniform(0, 7200, 300))
+    t = np.arange(tod.shape[1]) / FS
+    for t0 in wafer_t:
+        i0 = int(np.ceil(t0 * FS))
+        seg = t[i0 : i0 + 60] - t0
+        tod[:, i0 : i0 + seg.size] += (0.5 * np.exp(-seg / 0.6)).astype(np.float32)
+    return tod, truth, _truth_table(truth, wafer_t)
+
+
+@pytest.fixture(scope="module")
+def model(mc):
+    tod, _, events = mc
+    return fit_template(tod, events, FS)
+
+
+def test_fit_recovers_rates_shapes_and_noise(mc, model):
+    tod, truth, _ = mc
+    assert model.direct.rate_hz == pytest.approx(len(truth["time_s"]) / (2 * 7200), rel=1e-9)
+    assert model.wafer.rate_hz == pytest.approx(300 / 7200, rel=1e-9)
+    p = np.asarray(model.direct.tau_quantiles_s)
+    assert np.interp(0.5, np.linspace(0, 1, len(p)), np.sort(p)) == pytest.approx(0.15, rel=0.15)
+    amp_med = np.quantile(model.direct.amplitude_quantiles, 0.5)
+    assert amp_med == pytest.approx(np.median(truth["amplitude"]), rel=0.3)
+    assert np.quantile(model.wafer.tau_quantiles_s, 0.5) == pytest.approx(0.6, rel=0.2)
+    assert np.quantile(model.wafer.amplitude_quantiles, 0.5) == pytest.approx(0.5, rel=0.2)
+    true_asd = 0.05 / np.sqrt(FS / 2)
+    assert model.noise_params.white_asd == pytest.approx(true_asd, rel=0.15)
+
+
+def test_generated_rates_and_common_wafer_hits(model):
+    src = TemplateSource(model, 1, block_samples=4096)
+    ev = [src.events(0, b) for b in range(200)]
+    direct = sum(int(np.sum(~e["wafer"])) for e in ev)
+    wafer = sum(int(np.sum(e["wafer"])) for e in ev)
+    duration = 200 * 4096 / FS
+    for n, rate in ((direct, model.direct.rate_hz), (wafer, model.wafer.rate_hz)):
+        assert abs(n - rate * duration) < 5 * np.sqrt(rate * duration)
+    # wafer hits are common to every detector; direct hits are not
+    w0 = np.concatenate([e["t"][e["wafer"]] for e in ev])
+    w1 = np.concatenate([src.events(7, b)["t"][src.events(7, b)["wafer"]] for b in range(200)])
+    assert np.array_equal(w0, w1)
+    assert not np.array_equal(src.events(0, 3)["t"], src.events(7, 3)["t"])
+
+
+def test_glitches_straddling_blocks_continue_exactly(model):
+    src = TemplateSource(model, 4, block_samples=256)
+    n_blocks = 400
+    parts = np.concatenate([src.glitches(0, t) for t in range(n_blocks)])
+    ev = [src.events(0, b) for b in range(n_blocks)]
+    t = np.concatenate([e["t"] for e in ev])
+    whole = render_glitches(0, n_blocks * 256, t, np.concatenate([e["c2"] for e in ev]), np.concatenate([e["tau_s"] for e in ev]), FS, src.floor, src.tail_max)
+    np.testing.assert_allclose(parts, whole, rtol=1e-12, atol=1e-12)
+    # at least one event really straddles a block boundary
+    i0 = np.ceil(t).astype(int)
+    assert np.sum((i0 % 256) > 240) > 5
+
+
+def test_same_bytes_for_chunks_start_and_order(model):
+    gen = TodGenerator(model, 5)
+    T = gen.tile_samples
+    n = 3 * T + 1234
+    ref = gen.generate(2, 0, n)
+    for chunk_tiles in (1, 7, 64):
+        parts = [c for _, c in gen.iter_chunks(2, 0, n, chunk_samples=chunk_tiles * T // 64 + 17)]
+        assert np.array_equal(np.concatenate(parts, axis=1), ref), chunk_tiles
+    assert np.array_equal(gen.generate(2, T - 50, 3000), ref[:, T - 50 : T + 2950])
+    assert np.array_equal(TodGenerator(model, 5, n_workers=1).generate([1], 0, n)[0], ref[1])
+    assert not np.array_equal(TodGenerator(model, 6).generate(2, 0, 5000), ref[:, :5000])
+
+
+def test_join_statistics_match_inside_blocks(model):
+    src = TemplateSource(model, 2, block_samples=256)
+    gen = TodGenerator(src, 2)
+    n_blocks = 1200
+    x = gen.generate(1, 0, n_blocks * 256)[0].astype(np.float64).reshape(n_blocks, 256)
+    join = x[1:, 0] - x[:-1, -1]
+    inside = x[:-1, 128] - x[:-1, 127]
+    a, b = join**2, inside**2
+    # heavy-tailed glitches: compare medians of |d| (robust) and means of d^2 with their errors
+    assert abs(np.median(np.abs(join)) / np.median(np.abs(inside)) - 1) < 0.15
+    err = np.sqrt(a.var() / a.size + b.var() / b.size)
+    assert abs(a.mean() - b.mean()) < 4 * err
+
+
+def test_json_round_trip_and_errors(model, tmp_path):
+    p = save_template(model, tmp_path / "tpl.json")
+    m2 = load_template(p)
+    assert m2.to_dict() == model.to_dict() and m2.path == p
+    a = TodGenerator(model, 3).generate(1, 0, 2000)
+    assert np.array_equal(TodGenerator(m2, 3).generate(1, 0, 2000), a)
+    d = save_template(model, tmp_path / "dir")
+    assert d.name == "template.json" and load_template(tmp_path / "dir").sampling_rate_hz == FS
+    with pytest.raises(ModelCompatibilityError, match="31 Hz"):
+        load_template(p, sampling_rate_hz=31.0)
+    bad = json.loads(p.read_text())
+    bad["format_version"] = 99
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ModelCompatibilityError, match="version"):
+        load_template(tmp_path / "bad.json")
+    with pytest.raises(ModelCompatibilityError, match="not found"):
+        load_template(tmp_path / "none.json")
+
+
+def test_fit_template_file_needs_truth(mc, tmp_path):
+    tod, _, events = mc
+    meta = TodMetadata(sampling_rate_hz=FS, detectors=default_detector_names(2), kind="synthetic")
+    with_truth = write_tod(tmp_path / "mc.h5", tod[:, : int(FS * 1800)], meta, events.select(events.time_s < 1800))
+    m = fit_template_file(with_truth)
+    assert m.fit_info["file"].endswith("mc.h5") and m.direct.n_events > 50
+    no_truth = write_tod(tmp_path / "gan.h5", tod[:, :2000], meta)
+    with pytest.raises(FileFormatError, match="events"):
+        fit_template_file(no_truth)
