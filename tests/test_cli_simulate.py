@@ -48,6 +48,7 @@ def test_same_seed_same_file_contents_and_config_reuse(tmp_path, capsys):
     assert run(args + ["--out", str(a)], capsys)[0] == 0
     assert run(args + ["--out", str(b), "--chunk", "7s"], capsys)[0] == 0
     assert read_tod(a).tod.tobytes() == read_tod(b).tod.tobytes()
+    assert a.read_bytes() == b.read_bytes()  # the whole file, attributes and truth included
     # the configuration stored in a file can be reused
     assert run(["simulate", "--duration", "30", "--seed", "7", "--no-progress", "--config", str(a), "--out", str(c)], capsys)[0] == 0
     assert read_tod(c).tod.tobytes() == read_tod(a).tod.tobytes()

@@ -193,6 +193,7 @@ def test_mpiexec_two_ranks_bitwise_identical_to_serial(tmp_path):
     assert tod_io.read_tod(moved / "out.h5").tod.tobytes() == whole.tod.tobytes()
 
 
+@pytest.mark.slow
 def test_mpiexec_consolidated_single_file(tmp_path):
     r = _run(tmp_path, "consolidate")
     assert r.returncode == 0, r.stderr
@@ -211,6 +212,7 @@ def test_mpiexec_failing_rank_leaves_nothing_and_names_rank(tmp_path):
     assert sorted(x.name for x in tmp_path.iterdir()) == ["worker.py"], "a failed run left files behind"
 
 
+@pytest.mark.slow
 def test_mpiexec_failure_keeps_previous_output(tmp_path):
     assert _run(tmp_path, "ok").returncode == 0
     before = tod_io.read_tod(tmp_path / "out.h5").tod.tobytes()
@@ -231,7 +233,6 @@ def write_template_model(path: Path) -> Path:
         noise_params=NoiseParams(white_asd=0.01, f_knee_hz=0.02),
         direct=GlitchPopulation("direct", 0.05, list(np.geomspace(0.05, 5.0, q)), list(np.geomspace(0.02, 0.5, q))),
         wafer=GlitchPopulation("wafer", 0.01, list(np.geomspace(0.05, 1.0, q)), list(np.geomspace(0.05, 0.3, q))),
-        tail_floor=1e-3,
     )
     return save_template(model, path)
 

@@ -238,3 +238,17 @@ def test_bad_tes_parameters():
         TESParams(p_opt_pw=2.0)
     with pytest.raises(InputError):
         WaferThermalParams(tau_wafer_s=0.0)
+
+
+def test_linearised_tail_matches_full_nonlinear_integration(tes, monkeypatch):
+    import crab.response as response
+
+    times = [np.array([0.3 * DT]), np.array([0.7 * DT, 0.7 * DT + 0.02])]
+    energies = [np.array([2.0]) * J_PER_KEV, np.array([60.0, 5.0]) * J_PER_KEV]
+    fast = tes.integrate_clusters(times, energies, DT)
+    monkeypatch.setattr(response, "LINEAR_TAIL_EPS", 0.0)  # never switch: nonlinear to the end
+    full = tes.integrate_clusters(times, energies, DT)
+    for (ja, a), (jb, b) in zip(fast, full):
+        n = min(a.size, b.size)
+        assert ja == jb and abs(a.size - b.size) <= 64
+        assert np.max(np.abs(a[:n] - b[:n])) < 1e-6 * b.max()

@@ -14,7 +14,9 @@ The path of the data, from files to the tensors the GAN sees:
    does not learn) are fitted on the raw training part, and the global
    :class:`~crab.transform.AmplitudeTransform` on the high-passed training
    part.  There is no per-window normalisation: a glitch keeps its absolute
-   height.
+   height.  The high-passed series keep the mean level of the raw training
+   TOD (pile-up of glitches makes it positive); only the slow fluctuations
+   are removed, and generation adds them back as zero-mean noise.
 3. :class:`WindowSampler` draws random crops of the training parts
    (augmentation by shifting; every crop lies inside one training part) and
    :class:`WindowDataset` serves fixed windows (the validation set) as a torch
@@ -292,8 +294,12 @@ def prepare_training_data(
         except Exception as exc:  # least squares can fail on degenerate data
             raise InputError(f"cannot fit the noise model on the training data ({exc.__class__.__name__}: {exc})") from None
 
+    # The high-pass removes the slow drifts but keeps the mean level of the training TOD
+    # (glitch pile-up makes it positive): generation adds zero-mean low-frequency noise only.
+    level = float(np.mean([r.mean() for r in raw_train]))
+
     def hp(x: np.ndarray) -> np.ndarray:
-        return highpass(x, rate, highpass_hz) if highpass_hz else x - np.median(x, axis=-1, keepdims=True)
+        return (highpass(x, rate, highpass_hz) if highpass_hz else x - x.mean(axis=-1, keepdims=True)) + level
 
     hp_train = [hp(r) for r in raw_train]
     hp_val = [hp(r) for r in raw_val]

@@ -830,8 +830,20 @@ def file_checksum(path: str | os.PathLike, chunk_samples: int = 1 << 22) -> str:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (MiB)."""
+    """Peak resident memory of this process so far (MiB).
+
+    ``VmHWM`` of ``/proc/self/status`` on Linux (``ru_maxrss`` there also
+    counts the parent's memory at the fork of a subprocess), else ``ru_maxrss``.
+    """
     import resource
+
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
 
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024.0 if sys.platform != "darwin" else kb / 2**20
@@ -1068,11 +1080,33 @@ def generate_to_file(
         crab_version=__version__,
         description=f"CRAB {gen.kind} generation",
     )
+    comm = _mpi_world()
+    if comm is not None:  # launched by mpirun/srun with several ranks: split the work (crab.mpi)
+        from .mpi import generate_distributed
+
+        stats = generate_distributed(gen, path, meta, n_detectors, s0, n, comm=comm, chunk_samples=chunk_samples, overwrite=overwrite, progress=progress)
+        stats.path = path
+        return stats
     with TodWriter(path, meta, n_samples=n, chunk_samples=min(HDF5_CHUNK_SAMPLES, n), overwrite=overwrite) as w:
         stats = _run(gen, n_detectors, s0, n, lambda c0, c: w.write(c), chunk_samples=chunk_samples, progress=progress, desc="generate")
         w.dataset.attrs["checksum_sha256"] = stats.checksum
     stats.path = path
     return stats
+
+
+def _mpi_world():
+    """The MPI communicator when launched with several ranks (see :mod:`crab.mpi`), else None."""
+    try:
+        from .mpi import world
+    except ImportError:  # pragma: no cover - crab.mpi is optional
+        return None
+    return world()
+
+
+def is_root_process() -> bool:
+    """False on MPI ranks other than 0 (they print no summaries)."""
+    comm = _mpi_world()
+    return comm is None or comm.Get_rank() == 0
 
 
 # --------------------------------------------------------------------------- models

@@ -163,18 +163,19 @@ def separation_power(p: np.ndarray, q: np.ndarray) -> float:
 
 
 def scaled_separation_power(counts_a: np.ndarray, counts_b: np.ndarray) -> float:
-    """Separation power scaled to a chi-square-like statistic: ``2 SP / (1/n_a + 1/n_b)``.
+    """Separation power scaled to a chi-square-like statistic: ``4 SP / (1/n_a + 1/n_b)``.
 
-    Under the null (same parent), ``E[SP] ~ (B - 1) (1/n_a + 1/n_b) / 2`` for
-    ``B`` non-empty bins, so the scaled value is about chi2(B - 1) whatever the
-    sample sizes.  ``inf`` when exactly one histogram is empty.
+    Under the null (same parent), ``E[SP] ~ (B - 1) (1/n_a + 1/n_b) / 4`` for
+    ``B`` non-empty bins (``p + q ~ 2 pi`` in each bin), so the scaled value is
+    about chi2(B - 1) whatever the sample sizes.  ``inf`` when exactly one
+    histogram is empty.
     """
     na, nb = float(np.sum(counts_a)), float(np.sum(counts_b))
     if na <= 0 and nb <= 0:
         return float("nan")
     if na <= 0 or nb <= 0:
         return float("inf")
-    return float(2.0 * separation_power(counts_a, counts_b) / (1.0 / na + 1.0 / nb))
+    return float(4.0 * separation_power(counts_a, counts_b) / (1.0 / na + 1.0 / nb))
 
 
 def exponential_ks_pvalue(intervals: np.ndarray, min_interval: float = 0.0) -> tuple[float, float]:
@@ -340,7 +341,7 @@ def classifier_features(windows: np.ndarray, scale: float, n_glitches: np.ndarra
 
     The window (median subtracted, in units of ``scale``, e.g. the reference's
     noise sigma) is compressed with ``asinh(w / 2)`` so that huge glitches do
-    not dominate, then described by (32 numbers): 11 quantiles of its samples
+    not dominate, then described by (33 numbers): 11 quantiles of its samples
     (including min and max), the log power in each octave of its periodogram
     (7 bands for 256 samples), the spread of its first differences and its
     lag-1 and lag-2 autocorrelation, the shape around its maximum (samples -2
@@ -376,6 +377,26 @@ def classifier_features(windows: np.ndarray, scale: float, n_glitches: np.ndarra
     ng = np.zeros(n) if n_glitches is None else np.asarray(n_glitches, dtype=np.float64)
     cols = [qs, np.stack(bands, axis=1), np.stack([np.log(d.std(axis=1) + 1e-12), ac1, ac2], axis=1), np.clip(shape, -2, 2), np.stack([np.arcsinh(skew), np.arcsinh(kurt), integ, ng], axis=1)]
     return np.concatenate(cols, axis=1).astype(np.float32)
+
+
+def _train_and_score(torch, nn, torch_seed, fa, fb, f_tr, y_tr, test_a, test_b, std, hidden, learning_rate, weight_decay, steps):
+    """Train the MLP (full batch) and return its scores on the training set and the two test sets."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(torch_seed)
+        net = nn.Sequential(nn.Linear(fa.shape[1], hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
+        opt = torch.optim.Adam(net.parameters(), lr=learning_rate, weight_decay=weight_decay)
+        loss_fn = nn.BCEWithLogitsLoss()
+        X, Y = std(f_tr), torch.from_numpy(y_tr)
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = loss_fn(net(X)[:, 0], Y)
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            s_tr = net(X)[:, 0].numpy().astype(np.float64)
+            s_a = net(std(fa[test_a]))[:, 0].numpy().astype(np.float64)
+            s_b = net(std(fb[test_b]))[:, 0].numpy().astype(np.float64)
+    return s_tr, s_a, s_b
 
 
 def classifier_two_sample_test(
@@ -445,21 +466,14 @@ def classifier_two_sample_test(
         return torch.from_numpy(np.nan_to_num((f - mu) / sd).astype(np.float32))
 
     torch_seed = int(g.integers(0, 2**62))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(torch_seed)
-        net = nn.Sequential(nn.Linear(fa.shape[1], hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
-        opt = torch.optim.Adam(net.parameters(), lr=learning_rate, weight_decay=weight_decay)
-        loss_fn = nn.BCEWithLogitsLoss()
-        X, Y = std(f_tr), torch.from_numpy(y_tr)
-        for _ in range(steps):
-            opt.zero_grad()
-            loss = loss_fn(net(X)[:, 0], Y)
-            loss.backward()
-            opt.step()
-        with torch.no_grad():
-            s_tr = net(X)[:, 0].numpy().astype(np.float64)
-            s_a = net(std(fa[test_a]))[:, 0].numpy().astype(np.float64)
-            s_b = net(std(fb[test_b]))[:, 0].numpy().astype(np.float64)
+    n_threads = torch.get_num_threads()
+    # a network this small is fastest on one thread (and many times slower
+    # with several threads on a busy machine); the setting is restored after
+    torch.set_num_threads(1)
+    try:
+        s_tr, s_a, s_b = _train_and_score(torch, nn, torch_seed, fa, fb, f_tr, y_tr, test_a, test_b, std, hidden, learning_rate, weight_decay, steps)
+    finally:
+        torch.set_num_threads(n_threads)
     auc = roc_auc(s_b, s_a)
     train_auc = roc_auc(s_tr[n_train:], s_tr[:n_train])
     fpr, tpr = roc_curve(s_b, s_a)
@@ -479,7 +493,7 @@ def classifier_two_sample_test(
 
 
 # --------------------------------------------------------------------------- memorisation
-def sliding_nn_distance(queries: np.ndarray, series: list[np.ndarray], chunk_samples: int = 1 << 14) -> np.ndarray:
+def sliding_nn_distance(queries: np.ndarray, series: list[np.ndarray], chunk_samples: int = 1 << 12) -> np.ndarray:
     """Euclidean distance of each query window to its nearest window of ``series``, at any offset.
 
     Every length-``W`` window of every 1-D array in ``series`` (all offsets,
@@ -502,14 +516,15 @@ def sliding_nn_distance(queries: np.ndarray, series: list[np.ndarray], chunk_sam
     if q.ndim != 2:
         raise InputError(f"queries must be (m, W), got shape {q.shape}")
     m, W = q.shape
-    best = np.full(m, np.inf)
     if m == 0:
-        return best
+        return np.zeros(0)
     L = int(max(chunk_samples, 2 * W))
     L = scipy.fft.next_fast_len(L, real=True)
     qn = np.sum(q * q, axis=1)
     Q = scipy.fft.rfft(q[:, ::-1].astype(np.float32), n=L, axis=1)
     step = L - W + 1
+    # min over positions of |s|^2 - 2 q.s, accumulated in float32 in place; |q|^2 added at the end
+    part = np.full(m, np.inf, dtype=np.float64)
     for s in series:
         s = np.asarray(s, dtype=np.float64).reshape(-1)
         if s.size < W:
@@ -517,13 +532,16 @@ def sliding_nn_distance(queries: np.ndarray, series: list[np.ndarray], chunk_sam
         for c in range(0, s.size - W + 1, step):
             seg = s[c : c + L]
             S = scipy.fft.rfft(seg.astype(np.float32), n=L)
-            conv = scipy.fft.irfft(Q * S[None, :], n=L, axis=1)
+            S = Q * S[None, :]
+            conv = scipy.fft.irfft(S, n=L, axis=1, overwrite_x=True)
             n_pos = seg.size - W + 1
             dots = conv[:, W - 1 : W - 1 + n_pos]
             cs = np.concatenate([[0.0], np.cumsum(seg * seg)])
-            energy = cs[W : W + n_pos] - cs[:n_pos]
-            d2 = qn[:, None] + energy[None, :] - 2.0 * dots
-            best = np.minimum(best, d2.min(axis=1))
+            energy = (cs[W : W + n_pos] - cs[:n_pos]).astype(np.float32)
+            dots *= -2.0
+            dots += energy[None, :]
+            part = np.minimum(part, dots.min(axis=1))
+    best = qn + part
     return np.sqrt(np.maximum(best, 0.0))
 
 

@@ -97,6 +97,10 @@ class MonteCarloConfig:
         it does not change the result.
     pulse_batch_s : float
         Time span of direct-hit clusters integrated together (vectorisation).
+    rk4_max_h_rate : float
+        Runge-Kutta steps are at most this fraction of the shortest time
+        constant met (electrical, ~50-100 us; cooling of very hot absorbers):
+        each internal sample interval is split into that many sub-steps.
     relax_tol_pw : float
         A pulse is integrated until it stays below this (pW); a hit arriving
         on a detector before the previous pulse has relaxed is integrated
@@ -127,6 +131,7 @@ class MonteCarloConfig:
     event_block_s: float = 10.0
     segment_s: float = 50.0
     pulse_batch_s: float = 1800.0
+    rk4_max_h_rate: float = 0.25
     relax_tol_pw: float = 1e-9
     max_pulse_s: float = 10.0
     wafer_burnin_s: float = 3.0
@@ -155,7 +160,7 @@ class MonteCarloConfig:
             raise InputError(f"antialias_cutoff_frac must be in (0, 0.5), got {self.antialias_cutoff_frac}")
         if not 1 <= int(self.antialias_order) <= 12:
             raise InputError(f"antialias_order must be in 1..12, got {self.antialias_order}")
-        for name in ("event_block_s", "segment_s", "pulse_batch_s", "relax_tol_pw", "max_pulse_s"):
+        for name in ("event_block_s", "segment_s", "pulse_batch_s", "rk4_max_h_rate", "relax_tol_pw", "max_pulse_s"):
             v = getattr(self, name)
             if not (np.isfinite(v) and v > 0):
                 raise InputError(f"MonteCarloConfig.{name} must be a positive number, got {v!r}")
@@ -431,6 +436,7 @@ class MonteCarloSimulator:
                         self.dt,
                         relax_tol_pw=cfg.relax_tol_pw,
                         max_duration_s=cfg.max_pulse_s,
+                        max_h_rate=cfg.rk4_max_h_rate,
                     )
                     for (d, g), r in zip(todo, res):
                         cache[(d, float(hits[d][0][g[0]]), g[1] - g[0])] = r

@@ -29,8 +29,12 @@ Fitting (:func:`fit_template`)
     per detector for direct hits, per wafer for wafer hits.  The noise
     parameters come from :func:`crab.noise.fit_noise_params` on the TOD with
     the glitches masked (from each truth event until its fitted template
-    falls below 0.3 noise RMS) and the gaps refilled with noise: a
-    median-averaged PSD alone is not glitch-free when glitches are frequent.
+    falls below 0.3 noise RMS) and the gaps refilled with noise (a
+    median-averaged PSD alone is not glitch-free when glitches are
+    frequent); with several detectors and wafer hits, on each detector minus
+    the detector mean (rescaled), which removes the common-mode wafer hits
+    however much they pile up.  The white level is then set from the robust
+    sample-to-sample RMS of that series.
 Generation (:class:`TemplateSource`, used through :class:`crab.generation.TodGenerator`)
     Time is cut into blocks of ``tile_samples``.  The direct events of block
     ``b`` of detector key ``d`` come from ``rng.generator(seed,
@@ -39,10 +43,12 @@ Generation (:class:`TemplateSource`, used through :class:`crab.generation.TodGen
     the fitted quantiles.  Wafer events of block ``b`` come from the key
     ``(WAFER_KEY, b)``, shared by every detector of the generation.  A block
     also renders the events of the previous blocks whose tails reach into it,
-    so a glitch straddling a block boundary continues exactly.  Each glitch is
-    rendered at the sample times after ``t0`` until it falls below
-    ``tail_floor`` (1 % of the white-noise RMS) or ``tail_max_s``.  The noise
-    is ``NoiseGenerator(noise_params, fs, seed, "template_noise")`` keyed on
+    so a glitch straddling a block boundary continues (until it is below
+    1e-7 of its height).  Glitches are rendered at the sample times after
+    ``t0`` by recursive filtering, per class of decay time (48 log-spaced
+    classes over the fitted range; each glitch takes the nearest), so the
+    cost does not depend on the glitch rate.  The noise is
+    ``NoiseGenerator(noise_params, fs, seed, "template_noise")`` keyed on
     the detector.  Everything is keyed on (seed, detector, block), so the
     output does not depend on chunking, order or process layout.
 
@@ -53,6 +59,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,10 +141,6 @@ class TemplateModel:
         White + 1/f noise fitted on the TOD.
     direct, wafer : GlitchPopulation
     units : str
-    tail_max_s : float
-        Longest glitch tail rendered (s).
-    tail_floor : float
-        A glitch is rendered until ``|C2| exp(-t/tau)`` falls below this (TOD units).
     fit_info : dict
         Where and how it was fitted (file, duration, detectors, settings).
     path : Path or None
@@ -149,8 +152,6 @@ class TemplateModel:
     direct: GlitchPopulation
     wafer: GlitchPopulation
     units: str = "pW"
-    tail_max_s: float = 30.0
-    tail_floor: float = 0.0
     fit_info: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
@@ -164,8 +165,6 @@ class TemplateModel:
             "noise_params": self.noise_params.to_dict(),
             "direct": self.direct.to_dict(),
             "wafer": self.wafer.to_dict(),
-            "tail_max_s": self.tail_max_s,
-            "tail_floor": self.tail_floor,
             "quantile_p": QUANTILE_P.tolist(),
             "fit_info": self.fit_info,
         }
@@ -189,8 +188,6 @@ class TemplateModel:
                 direct=GlitchPopulation(**d["direct"]),
                 wafer=GlitchPopulation(**d["wafer"]),
                 units=d.get("units", "pW"),
-                tail_max_s=float(d["tail_max_s"]),
-                tail_floor=float(d["tail_floor"]),
                 fit_info=dict(d.get("fit_info", {})),
                 path=path,
             )
@@ -345,7 +342,7 @@ def fit_template(
         Time of sample 0 (s).
     units : str
     tail_max_s : float
-        Longest glitch tail rendered at generation (s).
+        Longest glitch tail masked out of the noise fit (s).
     fit_info : dict, optional
         Recorded with the model.
     """
@@ -378,6 +375,7 @@ def fit_template(
     c2 = np.concatenate(c2s) if c2s else np.zeros(0)
     tau = np.concatenate(taus) if taus else np.zeros(0)
     pops["direct"] = GlitchPopulation("direct", n_direct / (n_det * duration) if c2.size else 0.0, _quantiles(c2), _quantiles(tau), int(c2.size))
+    direct_masks = masks.copy()
     # wafer hits, on the detector mean (common mode)
     m = is_wafer & inside
     n_wafer = int(np.sum(m))
@@ -389,11 +387,21 @@ def fit_template(
     else:
         c2 = tau = np.zeros(0)
     pops["wafer"] = GlitchPopulation("wafer", n_wafer / duration if c2.size else 0.0, _quantiles(c2), _quantiles(tau), int(c2.size))
+    series = x
+    if n_det > 1 and n_wafer:
+        # wafer hits are common mode (and can pile up beyond masking): fit the noise on
+        # each detector minus the detector mean, rescaled for the removed 1/n_det of noise
+        series = (x - x.mean(axis=0, keepdims=True)) * np.sqrt(n_det / (n_det - 1.0))
+        masks = np.broadcast_to(direct_masks.any(axis=0), x.shape)  # every direct hit enters the mean
     try:
-        noise = fit_noise_params(_glitch_free(x, masks), fs, nperseg=int(min(4096, n)))
+        clean = _glitch_free(series, masks)
+        noise = fit_noise_params(clean, fs, nperseg=int(min(4096, n)))
+        # the white level from the robust sample-to-sample RMS (MAD of first differences),
+        # steadier than the three-parameter PSD fit when part of the series is refilled
+        white = float(np.median([robust_sigma(r) for r in clean])) / np.sqrt(fs / 2.0)
+        noise = NoiseParams(white_asd=white, f_knee_hz=noise.f_knee_hz, alpha=noise.alpha, f_min_hz=noise.f_min_hz)
     except Exception as exc:  # least squares can fail on degenerate data
         raise InputError(f"cannot fit the noise model ({exc.__class__.__name__}: {exc})") from None
-    sigma_w = float(np.median(sigmas))
     info = {"n_detectors": n_det, "n_samples": n, "duration_s": duration, "n_direct_events": n_direct, "n_wafer_events": n_wafer, **(fit_info or {})}
     return TemplateModel(
         sampling_rate_hz=fs,
@@ -401,8 +409,6 @@ def fit_template(
         direct=pops["direct"],
         wafer=pops["wafer"],
         units=units,
-        tail_max_s=float(tail_max_s),
-        tail_floor=0.01 * sigma_w,
         fit_info=info,
     )
 
@@ -450,56 +456,76 @@ def load_template(path: str | os.PathLike, *, sampling_rate_hz: float | None = N
 
 
 # --------------------------------------------------------------------------- generation
-def render_glitches(
-    first_sample: int,
-    n_samples: int,
-    t_samples: np.ndarray,
-    c2: np.ndarray,
-    tau_s: np.ndarray,
-    sampling_rate_hz: float,
-    floor: float,
-    tail_max_samples: int,
-) -> np.ndarray:
+def tau_classes(tau_quantiles_s: list[float], n_classes: int = 24) -> np.ndarray:
+    """Log-spaced decay times covering the fitted range: each glitch decays with the nearest."""
+    t = np.asarray(tau_quantiles_s, dtype=np.float64)
+    t = t[np.isfinite(t) & (t > 0)]
+    if t.size == 0:
+        return np.array([1.0])
+    lo, hi = float(t.min()), float(t.max())
+    return np.geomspace(lo, hi, n_classes) if hi > lo * 1.0001 else np.array([lo])
+
+
+def lookback_samples(tau_s: float, sampling_rate_hz: float) -> int:
+    """Samples after which a glitch has decayed below 1e-7 of its amplitude (it is dropped there)."""
+    return int(np.ceil(tau_s * sampling_rate_hz * np.log(1e7))) + 1
+
+
+def render_glitches(first_sample: int, n_samples: int, t_samples: np.ndarray, c2: np.ndarray, tau_s: np.ndarray, sampling_rate_hz: float, classes: np.ndarray) -> np.ndarray:
     """Sum of templates ``c2 exp(-(t - t0)/tau)`` on samples ``[first_sample, first_sample + n_samples)``.
 
     Parameters
     ----------
     t_samples : ndarray of float
-        Event times ``t0`` in samples (fractional; absolute sample index).
+        Event times ``t0`` in samples (fractional, absolute index).  Give
+        every event starting in ``[first_sample - lookback, first_sample +
+        n_samples)`` (:func:`lookback_samples` of the longest class).
     c2, tau_s : ndarray
         Amplitudes (TOD units) and decay times (s).
-    floor : float
-        Each glitch is rendered from the first sample at or after ``t0``
-        until ``|c2| exp(-t/tau)`` drops below ``floor`` (at least one
-        sample, at most ``tail_max_samples``), whatever the range asked: the
-        same glitch gives the same samples in every slice.
+    classes : ndarray
+        Decay-time classes (:func:`tau_classes`): a glitch decays with the
+        class nearest (in log) to its ``tau``.  Each class is rendered as a
+        train of impulses (at the first sample at or after ``t0``, weighted
+        by ``exp(-frac/tau)`` for the sub-sample timing) through the
+        recursive filter ``y[n] = x[n] + exp(-1/(tau fs)) y[n-1]``: the cost
+        does not depend on the glitch rate or tail lengths, and a glitch
+        continues across any boundary until it is below 1e-7 of its height.
 
     Returns
     -------
     ndarray of float64, shape (n_samples,)
     """
+    import scipy.signal
+
     s0, n = int(first_sample), int(n_samples)
+    out = np.zeros(max(n, 0))
     ts = np.asarray(t_samples, dtype=np.float64)
     if ts.size == 0 or n <= 0:
-        return np.zeros(max(n, 0))
+        return out
     fs = float(sampling_rate_hz)
     c2 = np.asarray(c2, dtype=np.float64)
-    tau = np.asarray(tau_s, dtype=np.float64)
+    classes = np.asarray(classes, dtype=np.float64)
     i0 = np.ceil(ts).astype(np.int64)
-    ratio = np.maximum(np.abs(c2) / floor, 1.0)
-    K = np.clip(np.ceil(tau * fs * np.log(ratio)).astype(np.int64) + 1, 1, int(tail_max_samples))
-    keep = (i0 + K > s0) & (i0 < s0 + n)
-    if not np.any(keep):
-        return np.zeros(n)
-    ts, c2, tau, i0, K = ts[keep], c2[keep], tau[keep], i0[keep], K[keep]
-    k_first = np.maximum(s0 - i0, 0)  # clip each glitch's samples to the range asked
-    n_k = np.minimum(K, s0 + n - i0) - k_first
-    total = int(n_k.sum())
-    ev = np.repeat(np.arange(ts.size), n_k)
-    kk = k_first[ev] + (np.arange(total) - np.repeat(np.cumsum(n_k) - n_k, n_k))
-    dt = kk + (i0 - ts)[ev]  # samples since the event
-    vals = c2[ev] * np.exp(-dt / (tau * fs)[ev])
-    return np.bincount(i0[ev] + kk - s0, weights=vals, minlength=n)
+    frac = i0 - ts
+    if classes.size > 1:
+        step = np.log(classes[1] / classes[0])
+        cls = np.clip(np.rint(np.log(np.asarray(tau_s, dtype=np.float64) / classes[0]) / step), 0, classes.size - 1).astype(np.int64)
+    else:
+        cls = np.zeros(ts.size, np.int64)
+    order = np.argsort(cls, kind="stable")
+    bounds = np.searchsorted(cls[order], np.arange(classes.size + 1))
+    for c in range(classes.size):
+        if bounds[c] == bounds[c + 1]:
+            continue
+        tau = classes[c]
+        L = lookback_samples(tau, fs)
+        sel = order[bounds[c] : bounds[c + 1]]
+        sel = sel[(i0[sel] >= s0 - L) & (i0[sel] < s0 + n)]
+        if sel.size == 0:
+            continue
+        x = np.bincount(i0[sel] - (s0 - L), weights=c2[sel] * np.exp(-frac[sel] / (tau * fs)), minlength=L + n)
+        out += scipy.signal.lfilter([1.0], [1.0, -np.exp(-1.0 / (tau * fs))], x)[L:]
+    return out
 
 
 class TemplateSource(TileSource):
@@ -525,17 +551,30 @@ class TemplateSource(TileSource):
         if self.tile_samples < 16:
             raise InputError(f"block_samples must be >= 16, got {block_samples}")
         fs = self.sampling_rate_hz
-        self.tail_max = max(1, int(np.ceil(model.tail_max_s * fs)))
-        self.n_back = int(np.ceil(self.tail_max / self.tile_samples))
-        self.floor = float(model.tail_floor) if model.tail_floor > 0 else 1e-3 * model.noise_params.white_rms(fs)
+        self.classes = tau_classes(model.direct.tau_quantiles_s + model.wafer.tau_quantiles_s)
+        self.lookback = lookback_samples(float(self.classes.max()), fs)
+        self.n_back = int(np.ceil(self.lookback / self.tile_samples))
         self.noise: NoiseGenerator | None = None
         self.prepare(1)
 
     def prepare(self, n_keys: int) -> None:
+        self._lock = threading.Lock()
+        self._events_cache: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+        self._events_cache_size = 4 * (n_keys + 1) * (self.n_back + 1)
         self.noise = NoiseGenerator(self.model.noise_params, self.sampling_rate_hz, self.seed, "template_noise", cache_blocks=max(8, 3 * n_keys + 2))
 
     def events(self, key: int, block: int) -> dict[str, np.ndarray]:
         """Events whose *start* lies in ``block``: ``{"t": sample times (float), "c2", "tau_s", "wafer" (bool)}``."""
+        hit = self._events_cache.get((key, block))
+        if hit is None:
+            hit = self._draw_events(key, block)
+            with self._lock:
+                self._events_cache[(key, block)] = hit
+                while len(self._events_cache) > self._events_cache_size:
+                    self._events_cache.pop(next(iter(self._events_cache)))
+        return hit
+
+    def _draw_events(self, key: int, block: int) -> dict[str, np.ndarray]:
         B = self.tile_samples
         fs = self.sampling_rate_hz
         out = {"t": [], "c2": [], "tau_s": [], "wafer": []}
@@ -559,11 +598,9 @@ class TemplateSource(TileSource):
         s0 = t * B
         evs = [self.events(key, b) for b in range(max(0, t - self.n_back), t + 1)]
         ts = np.concatenate([e["t"] for e in evs])
-        if ts.size == 0:
-            return np.zeros(B)
         c2 = np.concatenate([e["c2"] for e in evs])
         tau = np.concatenate([e["tau_s"] for e in evs])
-        return render_glitches(s0, B, ts, c2, tau, fs, self.floor, self.tail_max)
+        return render_glitches(s0, B, ts, c2, tau, fs, self.classes)
 
     def tile(self, key: int, t: int) -> np.ndarray:
         B = self.tile_samples

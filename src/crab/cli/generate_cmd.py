@@ -129,5 +129,6 @@ def generate(model_path, method, fit_path, save_template, duration, detectors, s
             )
     finally:
         signal.signal(signal.SIGTERM, old)
-    where = f" -> {stats.path}" if stats.path else ""
-    click.echo(f"{gen.kind}: {stats.summary()}{where}", err=True)
+    if G.is_root_process():
+        where = f" -> {stats.path}" if stats.path else ""
+        click.echo(f"{gen.kind}: {stats.summary()}{where}", err=True)

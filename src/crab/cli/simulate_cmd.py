@@ -109,9 +109,9 @@ def inspect(file, plot_dir, start, length):
     from ..mc_plots import format_summary, summarize_tod_file, write_inspection_plots
 
     summary = summarize_tod_file(file)
+    if plot_dir is not None and start >= summary["duration_s"]:
+        raise InputError(f"--start {start:g} s is beyond the end of the file ({summary['duration_s']:g} s)")
     click.echo(format_summary(summary))
     if plot_dir is not None:
-        if start >= summary["duration_s"]:
-            raise InputError(f"--start {start:g} s is beyond the end of the file ({summary['duration_s']:g} s)")
         for p in write_inspection_plots(file, plot_dir, start_s=start, length_s=length):
             click.echo(f"wrote {p}")

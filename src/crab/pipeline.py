@@ -1,0 +1,278 @@
+"""The paper's whole pipeline in one call (``crab run``).
+
+Stages, each timed and recorded in ``run_dir/pipeline.json``:
+
+1. ``mc_train``    Monte Carlo for training (default 1800 s, 4 detectors, 19 Hz);
+2. ``mc_heldout``  an independent Monte Carlo (another seed) held out for validation;
+3. ``train``       GAN training on the training MC (``run_dir/model``);
+4. ``generate``    1 h of GAN TOD (``run_dir/gan.h5``);
+5. ``template``    the template baseline fitted on the training MC truth, 1 h (``run_dir/template.h5``);
+6. ``validate``    both synthetic sets against the held-out MC, beside the MC-vs-MC floor
+                   (``run_dir/report``).
+
+A stage whose output exists and whose configuration has not changed is not
+run again, so an interrupted ``crab run`` resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__
+from .errors import InputError
+from .provenance import run_record, to_jsonable, write_json
+
+STAGES = ("mc_train", "mc_heldout", "train", "generate", "template", "validate")
+
+
+@dataclass
+class PipelineConfig:
+    """What ``crab run`` does.
+
+    Attributes
+    ----------
+    seed : int
+        Seed of the whole run; the held-out MC uses ``seed + heldout_seed_offset``,
+        generation ``seed + generate_seed_offset``.
+    n_detectors : int
+        Detectors of the wafer.
+    sampling_rate_hz : float
+        Sampling rate of every TOD (Hz).
+    phi_gv : float
+        Solar modulation potential of the Monte Carlo (GV).
+    train_duration_s, heldout_duration_s, generate_duration_s : float
+        Lengths of the training MC, the held-out MC and the generated TOD (s).
+    epochs : int or None
+        Training epochs (None: the training default).
+    train_overrides : dict
+        Other :class:`crab.training.TrainConfig` fields to override.
+    validation_overrides : dict
+        :class:`crab.validation.ValidationConfig` fields to override.
+    """
+
+    seed: int = 1
+    n_detectors: int = 4
+    sampling_rate_hz: float = 19.0
+    phi_gv: float = 0.6
+    train_duration_s: float = 1800.0
+    heldout_duration_s: float = 1800.0
+    generate_duration_s: float = 3600.0
+    epochs: int | None = None
+    heldout_seed_offset: int = 1000
+    generate_seed_offset: int = 2000
+    train_overrides: dict[str, Any] = field(default_factory=dict)
+    validation_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.n_detectors < 1:
+            raise InputError(f"n_detectors must be at least 1, got {self.n_detectors}")
+        for name in ("train_duration_s", "heldout_duration_s", "generate_duration_s", "sampling_rate_hz"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass
+class StageResult:
+    """One stage: name, status (``done``/``skipped``), wall time (s), outputs, notes."""
+
+    name: str
+    status: str
+    seconds: float
+    outputs: dict[str, str] = field(default_factory=dict)
+    notes: str = ""
+
+
+@dataclass
+class PipelineResult:
+    """What :func:`run_pipeline` returns."""
+
+    run_dir: Path
+    stages: list[StageResult]
+    validation: Any = None
+    seconds: float = 0.0
+
+    def table(self) -> str:
+        """The final terminal table: stages with wall time, then key metrics with pass/fail."""
+        lines = [f"CRAB pipeline in {self.run_dir}  (crab {__version__})", "", f"{'stage':<12} {'status':<8} {'wall time':>10}  output"]
+        for s in self.stages:
+            out = ", ".join(s.outputs.values())
+            lines.append(f"{s.name:<12} {s.status:<8} {s.seconds:>9.1f}s  {out}{('  (' + s.notes + ')') if s.notes else ''}")
+        lines.append(f"{'total':<12} {'':<8} {self.seconds:>9.1f}s")
+        v = self.validation
+        if v is not None:
+            lines += ["", f"{'set':<10} {'classifier AUC':>15} {'glitch rate /det/h':>19} {'rate z':>7} {'targets':>8} {'metrics':>10}"]
+            for name, k in v.key_metrics().items():
+                auc = k.get("classifier_auc")
+                auc_s = "n/a" if auc is None else f"{auc:.3f} ({k.get('classifier_auc_floor', float('nan')):.2f})"
+                rate = k.get("glitch_rate_per_det_hour")
+                rate_s = "n/a" if rate is None else f"{rate:.0f} vs {k.get('glitch_rate_ref_per_det_hour', float('nan')):.0f}"
+                z = k.get("glitch_rate_z")
+                z_s = "n/a" if z is None else f"{z:+.2f}"
+                s = v.sets[name]
+                n_metrics = sum(m.passed is not None for m in s.metrics.values())
+                lines.append(
+                    f"{name:<10} {auc_s:>15} {rate_s:>19} {z_s:>7} {'met' if k.get('targets_met') else 'NOT met':>8} "
+                    f"{n_metrics - s.n_failed:>3}/{n_metrics:<3} ok"
+                )
+                if s.failed():
+                    lines.append(f"{'':<10} failed: {', '.join(s.failed())}")
+            lines += ["", "AUC in brackets: the MC-vs-MC floor. Targets: AUC <= 0.60, glitch rate and amplitude distribution within 2 sigma of the floor."]
+            if v.out_dir is not None:
+                lines.append(f"report: {Path(v.out_dir) / 'report.md'}")
+        return "\n".join(lines)
+
+
+def _stage_signature(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
+    """The parts of the configuration a stage depends on (a change re-runs it and what follows)."""
+    d = to_jsonable(cfg)
+    mc = {k: d[k] for k in ("n_detectors", "sampling_rate_hz", "phi_gv")}
+    sig = {
+        "mc_train": {**mc, "seed": cfg.seed, "duration_s": cfg.train_duration_s},
+        "mc_heldout": {**mc, "seed": cfg.seed + cfg.heldout_seed_offset, "duration_s": cfg.heldout_duration_s},
+        "train": {"epochs": cfg.epochs, "overrides": d["train_overrides"], "seed": cfg.seed},
+        "generate": {"seed": cfg.seed + cfg.generate_seed_offset, "duration_s": cfg.generate_duration_s},
+        "template": {"seed": cfg.seed + cfg.generate_seed_offset, "duration_s": cfg.generate_duration_s},
+        "validate": {"overrides": d["validation_overrides"]},
+    }
+    return {"crab_version": __version__, **sig[stage]}
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def run_pipeline(
+    cfg: PipelineConfig | None = None,
+    run_dir: str | Path = "crab_run",
+    *,
+    progress: bool = True,
+    fresh: bool = False,
+    log: Callable[[str], None] = print,
+) -> PipelineResult:
+    """Run (or resume) the whole pipeline in ``run_dir``.
+
+    Parameters
+    ----------
+    cfg : PipelineConfig
+        What to run (defaults: the paper's setup).
+    run_dir : path-like
+        Output folder; created if needed.
+    progress : bool
+        Progress bars for each stage.
+    fresh : bool
+        Delete ``run_dir`` first instead of resuming.
+    log : callable
+        Receives one line per stage as it starts and ends.
+    """
+    from .generation import generate_to_file, load_generation_model
+    from .montecarlo import MonteCarloConfig, simulate_to_file
+    from .template import fit_template_file, save_template
+    from .training import TrainConfig, train
+    from .validation import ValidationConfig, validate
+
+    cfg = cfg or PipelineConfig()
+    run_dir = Path(run_dir)
+    if fresh and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_path = run_dir / "pipeline.json"
+    state = _load_state(state_path)
+    done: dict[str, Any] = state.get("stages", {}) if isinstance(state.get("stages"), dict) else {}
+    record = run_record(cfg, cfg.seed, stages=done)
+    t_all = time.perf_counter()
+    results: list[StageResult] = []
+    stale = False  # once a stage re-runs, everything after it re-runs too
+
+    paths = {
+        "mc_train": run_dir / "mc_train.h5",
+        "mc_heldout": run_dir / "mc_heldout.h5",
+        "model": run_dir / "model",
+        "gan": run_dir / "gan.h5",
+        "template_model": run_dir / "template.json",
+        "template": run_dir / "template.h5",
+        "report": run_dir / "report",
+    }
+    mc_cfg = MonteCarloConfig(n_detectors=cfg.n_detectors, sampling_rate_hz=cfg.sampling_rate_hz, phi_gv=cfg.phi_gv)
+    tcfg_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(cfg.train_overrides) - tcfg_fields
+    if unknown:
+        raise InputError(f"unknown training options {sorted(unknown)}; known: {sorted(tcfg_fields)}")
+    tkw = dict(cfg.train_overrides)
+    if cfg.epochs is not None:
+        tkw["epochs"] = cfg.epochs
+    train_cfg = TrainConfig(seed=cfg.seed, **tkw)
+    val_cfg = ValidationConfig.from_dict(cfg.validation_overrides) if cfg.validation_overrides else ValidationConfig()
+    gen_seed = cfg.seed + cfg.generate_seed_offset
+    holder: dict[str, Any] = {}
+
+    def stage_mc_train() -> str:
+        simulate_to_file(mc_cfg, cfg.train_duration_s, cfg.seed, paths["mc_train"], progress=progress, overwrite=True, description="crab run: training Monte Carlo")
+        return ""
+
+    def stage_mc_heldout() -> str:
+        simulate_to_file(mc_cfg, cfg.heldout_duration_s, cfg.seed + cfg.heldout_seed_offset, paths["mc_heldout"], progress=progress, overwrite=True, description="crab run: held-out Monte Carlo")
+        return ""
+
+    def stage_train() -> str:
+        res = train([paths["mc_train"]], paths["model"], train_cfg, overwrite=True, progress=progress)
+        return f"{res.epochs_done} epochs, best epoch {res.best_epoch}"
+
+    def stage_generate() -> str:
+        model = load_generation_model(paths["model"], sampling_rate_hz=cfg.sampling_rate_hz)
+        st = generate_to_file(model, paths["gan"], cfg.generate_duration_s, cfg.n_detectors, gen_seed, overwrite=True, progress=progress)
+        return st.summary() if hasattr(st, "summary") else ""
+
+    def stage_template() -> str:
+        tm = fit_template_file(paths["mc_train"])
+        save_template(tm, paths["template_model"])
+        model = load_generation_model(paths["template_model"], sampling_rate_hz=cfg.sampling_rate_hz)
+        st = generate_to_file(model, paths["template"], cfg.generate_duration_s, cfg.n_detectors, gen_seed, overwrite=True, progress=progress)
+        return st.summary() if hasattr(st, "summary") else ""
+
+    def stage_validate() -> str:
+        v = validate(paths["mc_heldout"], {"gan": paths["gan"], "template": paths["template"]}, paths["report"], training=paths["mc_train"], config=val_cfg, overwrite=True)
+        holder["validation"] = v
+        return "all metrics pass" if v.passed else f"{sum(s.n_failed for s in v.sets.values())} metric(s) fail"
+
+    stages: dict[str, tuple[Callable[[], str], list[str]]] = {
+        "mc_train": (stage_mc_train, ["mc_train"]),
+        "mc_heldout": (stage_mc_heldout, ["mc_heldout"]),
+        "train": (stage_train, ["model"]),
+        "generate": (stage_generate, ["gan"]),
+        "template": (stage_template, ["template_model", "template"]),
+        "validate": (stage_validate, ["report"]),
+    }
+    depends = {"mc_train": [], "mc_heldout": [], "train": ["mc_train"], "generate": ["train"], "template": ["mc_train"], "validate": ["mc_heldout", "generate", "template"]}
+    rerun: set[str] = set()
+    for name in STAGES:
+        fn, outs = stages[name]
+        sig = _stage_signature(cfg, name)
+        prev = done.get(name)
+        complete = prev is not None and prev.get("signature") == sig and all(paths[o].exists() for o in outs)
+        if complete and not any(d in rerun for d in depends[name]) and name != "validate":
+            results.append(StageResult(name, "skipped", 0.0, {o: str(paths[o]) for o in outs}, "already done"))
+            log(f"[crab run] {name}: already done, skipped")
+            continue
+        rerun.add(name)
+        log(f"[crab run] {name}: running")
+        t0 = time.perf_counter()
+        notes = fn()
+        dt = time.perf_counter() - t0
+        done[name] = {"signature": sig, "seconds": dt, "notes": notes}
+        record["stages"] = done
+        write_json(state_path, record)
+        results.append(StageResult(name, "done", dt, {o: str(paths[o]) for o in outs}, notes))
+        log(f"[crab run] {name}: done in {dt:.1f} s{(' - ' + notes) if notes else ''}")
+    total = time.perf_counter() - t_all
+    record["total_seconds"] = total
+    write_json(state_path, record)
+    return PipelineResult(run_dir=run_dir, stages=results, validation=holder.get("validation"), seconds=total)
