@@ -35,7 +35,7 @@ def test_ks_and_separation_power_null_and_shift():
     edges = M.quantile_edges(g.normal(size=5000), 10)
     for _ in range(200):
         a, b = g.normal(size=300), g.normal(size=500)
-        c = g.normal(0.4, 1.0, size=500)
+        c = g.normal(0.5, 1.0, size=500)
         null_ks.append(M.scaled_ks(a, b))
         shift_ks.append(M.scaled_ks(a, c))
         null_sp.append(M.scaled_separation_power(M.histogram(a, edges), M.histogram(b, edges)))
@@ -124,6 +124,24 @@ def test_classifier_scored_only_on_held_out_windows():
     assert len(r.scores_a) == len(r.test_a) and len(r.scores_b) == len(r.test_b)
 
 
+def test_classifier_group_split_keeps_blocks_apart():
+    """Windows of one time block share slow features: with groups, no block is on both sides."""
+    g = np.random.default_rng(11)
+    blocks_a, blocks_b = np.repeat(np.arange(20), 8), np.repeat(np.arange(30), 8)
+    # every block has its own offset (a slow feature), identical in distribution for both classes
+    a = g.normal(size=(160, 5)) + 3 * g.normal(size=(20, 1))[blocks_a]
+    b = g.normal(size=(240, 5)) + 3 * g.normal(size=(30, 1))[blocks_b]
+    r = M.classifier_two_sample_test(a, b, groups_a=blocks_a, groups_b=blocks_b, steps=400, hidden=64, weight_decay=0.0, seed=3)
+    assert not set(blocks_a[r.train_a]) & set(blocks_a[r.test_a])
+    assert not set(blocks_b[r.train_b]) & set(blocks_b[r.test_b])
+    assert abs(r.auc - 0.5) < 4 * r.auc_sigma
+    # without groups the block offsets leak the label into the test windows
+    leak = M.classifier_two_sample_test(a, b, steps=400, hidden=64, weight_decay=0.0, seed=3)
+    assert leak.auc > r.auc
+    with pytest.raises(InputError):
+        M.classifier_two_sample_test(a, b, groups_a=np.zeros(160), groups_b=blocks_b)
+
+
 def test_classifier_separates_different_windows():
     g = np.random.default_rng(7)
     a, b = g.normal(size=(300, 10)), g.normal(size=(400, 10))
@@ -169,7 +187,15 @@ def test_seam_statistics_see_joins():
     assert z > 5
 
 
-def test_null_threshold():
+def test_null_threshold_matches_known_quantiles():
+    g = np.random.default_rng(10)
+    # Kolmogorov distribution (scaled KS of same-parent samples): 99.73 % point 1.80, 95.45 % point 1.38
+    ks = [M.scaled_ks(g.normal(size=400), g.normal(size=600)) for _ in range(400)]
+    assert M.null_threshold(np.array(ks), 3.0)[0] == pytest.approx(1.80, rel=0.06)
+    assert M.null_threshold(np.array(ks), 2.0)[0] == pytest.approx(1.38, rel=0.06)
+    # 4 x chi2(1) (four fully correlated components): 99.73 % point 4 x 9.0
+    v = 4 * g.normal(size=4000) ** 2
+    assert M.null_threshold(v, 3.0)[0] == pytest.approx(36.0, rel=0.1)
     thr, mu, sd = M.null_threshold(np.array([1.0, 2.0, 3.0, np.nan]), 2.0)
-    assert mu == 2.0 and sd == 1.0 and thr == 4.0
+    assert mu == 2.0 and sd == 1.0 and thr > mu + sd
     assert np.isnan(M.null_threshold(np.array([1.0]), 2.0)[0])

@@ -16,7 +16,9 @@ from crab.quality import quality_floor, sample_quality
 from crab.training import TrainConfig, calibrate_batchnorm, d_losses, gradient_penalty, load_checkpoint, train
 
 SMALL_MODEL = ModelConfig(latent_dim=20, generator_channels=(8, 8, 8, 8, 8), discriminator_channels=(8, 8, 8, 8))
-TINY = dict(epochs=1, d_pretrain_epochs=0, windows_per_epoch=64, batch_size=16, window_samples=64, val_windows=32, quality_windows=32, bn_calibration_batches=2, num_threads=1, ema_decay=0.0)
+# the paper's recipe (BCE, SGD for D, Adam for G) on a tiny problem; tests change one option at a time
+TINY = dict(epochs=1, d_pretrain_epochs=0, windows_per_epoch=64, batch_size=16, window_samples=64, val_windows=32, quality_windows=32, bn_calibration_batches=2, num_threads=1,
+            ema_decay=0.0, loss="bce", d_optimizer="sgd", d_lr=0.02, d_betas=(0.5, 0.999), g_betas=(0.5, 0.999), d_steps_per_g_step=1)
 
 
 @pytest.fixture(scope="module")
@@ -199,8 +201,8 @@ def test_optimizer_options(source, tmp_path):
 
 def test_label_smoothing_option(source, tmp_path):
     lr, lf = torch.tensor([30.0]), torch.tensor([-30.0])  # a perfectly confident discriminator
-    assert float(d_losses(TrainConfig(label_smoothing=0.0), lr, lf)[0]) < 1e-6
-    assert float(d_losses(TrainConfig(label_smoothing=0.2), lr, lf)[0]) == pytest.approx(0.2 * 30, rel=1e-3)  # penalised for over-confidence
+    assert float(d_losses(TrainConfig(loss="bce", label_smoothing=0.0), lr, lf)[0]) < 1e-6
+    assert float(d_losses(TrainConfig(loss="bce", label_smoothing=0.2), lr, lf)[0]) == pytest.approx(0.2 * 30, rel=1e-3)  # penalised for over-confidence
     a = _weights(source, tmp_path, "s0", **BASE, label_smoothing=0.0)
     b = _weights(source, tmp_path, "s3", **BASE, label_smoothing=0.3)
     assert _changed(a["discriminator"], b["discriminator"])
@@ -208,8 +210,8 @@ def test_label_smoothing_option(source, tmp_path):
 
 def test_synthetic_weight_option(source, tmp_path):
     lr, lf = torch.tensor([0.0]), torch.tensor([0.0])
-    d1 = float(d_losses(TrainConfig(synthetic_weight=1.0, label_smoothing=0.0), lr, lf)[0])
-    d2 = float(d_losses(TrainConfig(synthetic_weight=0.5, label_smoothing=0.0), lr, lf)[0])
+    d1 = float(d_losses(TrainConfig(loss="bce", synthetic_weight=1.0, label_smoothing=0.0), lr, lf)[0])
+    d2 = float(d_losses(TrainConfig(loss="bce", synthetic_weight=0.5, label_smoothing=0.0), lr, lf)[0])
     assert d1 == pytest.approx(2 * np.log(2)) and d2 == pytest.approx(1.5 * np.log(2))
     a = _weights(source, tmp_path, "w1", **BASE, synthetic_weight=1.0)
     b = _weights(source, tmp_path, "w2", **BASE, synthetic_weight=0.3)
@@ -246,6 +248,12 @@ def test_ema_option(source, tmp_path):
     b = _weights(source, tmp_path, "e1", **BASE, ema_decay=0.5)
     assert a["ema"] is None and b["ema"] is not None
     assert _changed(b["ema"], b["generator"])
+
+
+def test_paper_recipe():
+    p = TrainConfig.paper()
+    assert (p.loss, p.d_optimizer, p.g_optimizer, p.ema_decay) == ("bce", "sgd", "adam", 0.0) and 10 <= p.d_pretrain_epochs <= 20
+    assert TrainConfig.paper(epochs=5).epochs == 5
 
 
 def test_config_validation():

@@ -197,6 +197,9 @@ def test_too_short_reference_and_foreign_out_dir(tmp_path):
 def test_seam_period_lookup():
     cfg = ValidationConfig()
     meta = TodMetadata(sampling_rate_hz=FS, detectors=["a"], config={"model": {"tile_latents": 8, "upsample_factor": 16}})
-    assert seam_period(meta, cfg) == (128, "file config (tile_latents x upsample_factor)")
+    assert seam_period(meta, cfg) == (128, 0, "file config (tile_latents x upsample_factor)")
     assert seam_period(TodMetadata(sampling_rate_hz=FS, detectors=["a"]), cfg)[0] == cfg.window_samples
     assert seam_period(meta, ValidationConfig(seam_period_samples=100))[0] == 100
+    # windows joined by a cross-fade (the paper's generator), generation started at sample 10
+    paper = {"start_sample": 10, "generation": {"tile_samples": 16320, "window_samples": 256, "overlap_samples": 64}}
+    assert seam_period(TodMetadata(sampling_rate_hz=FS, detectors=["a"], config=paper), cfg)[:2] == (192, (32 - 10) % 192)

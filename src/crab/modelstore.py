@@ -159,9 +159,15 @@ def load_model(
         raise ModelCompatibilityError(f"{f}: model trained for {rate:g} Hz, but {sampling_rate_hz:g} Hz was asked; train a model at that rate")
     if window_samples is not None and int(d["window_samples"]) != int(window_samples):
         raise ModelCompatibilityError(f"{f}: model trained with windows of {d['window_samples']} samples, but {window_samples} were asked")
-    cfg = ModelConfig.from_dict(d["model_config"])
-    gen = Generator(cfg)
-    gen.load_state_dict(d["generator_state"])
+    try:
+        cfg = ModelConfig.from_dict(d["model_config"])
+        gen = Generator(cfg)
+        gen.load_state_dict(d["generator_state"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as exc:
+        raise ModelCompatibilityError(
+            f"{f}: the stored network (written by crab {d.get('crab_version')}) cannot be rebuilt by crab {__version__}: "
+            f"{str(exc).splitlines()[0]}"
+        ) from None
     gen.eval()
     return TrainedModel(
         generator=gen,

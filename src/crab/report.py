@@ -142,7 +142,7 @@ def markdown(result: "ValidationResult", figures: list[Path] | None = None) -> s
 
     for name, s in result.sets.items():
         L.append(f"## Set `{name}`\n")
-        L.append(f"File `{s.path}` ({s.kind}), {fmt(s.duration_s)} s x {s.n_detectors} detectors; seam period {s.seam_period_samples} samples ({s.seam_period_source}).\n")
+        L.append(f"File `{s.path}` ({s.kind}), {fmt(s.duration_s)} s x {s.n_detectors} detectors; seam period {s.seam_period_samples} samples, phase {s.seam_phase_samples} ({s.seam_period_source}).\n")
         L.append("| metric | role | floor (ref A vs B) | synthetic vs ref | threshold | result | floor result | quantities |")
         L.append("|---|---|---|---|---|---|---|---|")
         for m in s.metrics.values():
@@ -162,12 +162,15 @@ def markdown(result: "ValidationResult", figures: list[Path] | None = None) -> s
         "Thresholds come from the reference on every run, never from a per-run choice:\n\n"
         f"- *null re-splits*: the reference's {ref['n_blocks']} time blocks are split at random into two halves "
         f"{cfg.n_null} times; the statistic between the halves is its distribution under 'same parent'; the threshold "
-        "is its mean + n sigma x its standard deviation. Distribution distances are scaled by the sample sizes "
+        "is its n-sigma point (the quantile at the two-sided normal coverage of n sigma, 95.45 % for 2, 99.73 % for 3, of a "
+        "scaled chi-square matched to the null's mean and variance). Distribution distances are scaled by the sample sizes "
         "(sqrt(n_eff) x KS distance; 4 SP / (1/n_a + 1/n_b) for the separation power SP = 0.5 sum (p - q)^2 / (p + q)), "
         "so the null of the halves applies to the full reference against a synthetic set of any length.\n"
-        "- *rates and slope*: z-score with Poisson (maximum-likelihood for the slope) errors, inflated by sqrt(dispersion "
-        "index) of the counts in the reference's blocks when these are over-dispersed; threshold |z| <= n sigma.\n"
-        f"- *classifier*: AUC on held-out windows; threshold max({fmt(cfg.auc_target)}, floor AUC + n sigma x the AUC spread of "
+        "- *rates and slope*: z-score with Poisson (maximum-likelihood for the slope) errors, inflated when the reference "
+        "scatters more than they allow (correlated glitches, e.g. wafer hits seen by several detectors): by sqrt(dispersion "
+        "index) of the counts in the reference's blocks for rates, by sqrt(var(alpha_A - alpha_B) / (sigma_A^2 + sigma_B^2)) "
+        "over the random re-splits for the slope; threshold |z| <= n sigma.\n"
+        f"- *classifier*: AUC on held-out windows (train and test windows from different time blocks); threshold max({fmt(cfg.auc_target)}, floor AUC + n sigma x the AUC spread of "
         "an uninformative classifier).\n"
         "- *memorisation*: ln(distance to the nearest training window / distance to the nearest window of reference half B) "
         f"for every window; the fraction of synthetic windows below the {fmt(cfg.memorisation_quantile)} quantile of reference "

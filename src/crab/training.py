@@ -136,24 +136,24 @@ class TrainConfig:
         Torch CPU threads (None: torch's default).
     """
 
-    epochs: int = 30
+    epochs: int = 60
     windows_per_epoch: int = 4096
     batch_size: int = 64
-    loss: str = "bce"
+    loss: str = "wgan-gp"
     gp_weight: float = 10.0
     d_pretrain_epochs: int = 10
-    d_steps_per_g_step: int = 1
-    d_optimizer: str = "sgd"
+    d_steps_per_g_step: int = 2
+    d_optimizer: str = "adam"
     g_optimizer: str = "adam"
-    d_lr: float = 0.02
+    d_lr: float = 2e-4
     g_lr: float = 2e-4
     d_momentum: float = 0.9
     g_momentum: float = 0.9
-    d_betas: tuple[float, float] = (0.5, 0.999)
-    g_betas: tuple[float, float] = (0.5, 0.999)
+    d_betas: tuple[float, float] = (0.0, 0.9)
+    g_betas: tuple[float, float] = (0.0, 0.9)
     label_smoothing: float = 0.1
     synthetic_weight: float = 1.0
-    ema_decay: float = 0.999
+    ema_decay: float = 0.99
     window_samples: int = DEFAULT_WINDOW_SAMPLES
     highpass_hz: float | None = None
     val_fraction: float = 0.2
@@ -163,6 +163,14 @@ class TrainConfig:
     bn_calibration_batches: int = 16
     seed: int = 1
     num_threads: int | None = None
+
+    @classmethod
+    def paper(cls, **overrides: Any) -> "TrainConfig":
+        """The paper's recipe (sections 3.2-3.3): BCE loss, SGD for the discriminator,
+        Adam for the generator, one-sided label smoothing, 10 pretraining epochs, no EMA."""
+        kw = dict(loss="bce", d_optimizer="sgd", g_optimizer="adam", d_lr=0.02, g_lr=2e-4, d_betas=(0.5, 0.999), g_betas=(0.5, 0.999),
+                  d_steps_per_g_step=1, label_smoothing=0.1, synthetic_weight=1.0, d_pretrain_epochs=10, ema_decay=0.0)
+        return cls(**{**kw, **overrides})
 
     def __post_init__(self) -> None:
         self.d_betas = tuple(float(b) for b in self.d_betas)

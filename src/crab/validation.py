@@ -16,17 +16,23 @@ beside the synthetic value.  The thresholds come from the reference too:
 - for statistics without a closed-form null (distribution distances, profile
   chi-squares, seam statistics), the reference blocks are split at random into
   two halves ``n_null`` times; the statistic between the halves gives its null
-  distribution, and the threshold is **mean + n_sigma x standard deviation** of
-  that distribution ("within n sigma of the floor").  Statistics are scaled by
+  distribution, and the threshold is its **n_sigma point** ("within n sigma of
+  the floor"): the quantile at the two-sided normal coverage of n_sigma of a
+  scaled chi-square matched to the null's mean and variance
+  (:func:`crab.metrics.null_threshold`).  Statistics are scaled by
   the sample sizes (``sqrt(n_eff) D`` for KS, ``4 SP / (1/n_a + 1/n_b)`` for the
   separation power) so that the null of the halves applies to the full
   reference vs a synthetic set of any length;
 - rates (glitches, coincidences) and the power-law slope are compared by a
-  z-score with Poisson (or maximum-likelihood) errors, inflated by
-  ``sqrt(dispersion index)`` of the counts in the reference's blocks when these
-  are over-dispersed (e.g. wafer hits seen by several detectors at once);
-  threshold ``|z| <= n_sigma``;
-- the classifier AUC passes below ``max(auc_target, floor AUC + n_sigma *
+  z-score with Poisson (or maximum-likelihood) errors, inflated when the
+  reference shows more scatter than they allow (e.g. a wafer hit seen by
+  several detectors at once): rates by ``sqrt(dispersion index)`` of the
+  counts in the reference's blocks, the slope by ``sqrt(var(alpha_A - alpha_B)
+  / (sigma_A^2 + sigma_B^2))`` over the random re-splits; threshold
+  ``|z| <= n_sigma``;
+- the classifier is trained and scored on windows of different time blocks
+  (no leakage through slow features shared by neighbouring windows); its AUC
+  passes below ``max(auc_target, floor AUC + n_sigma *
   sqrt(sigma_floor^2 + sigma^2))`` with sigma the AUC spread of an
   uninformative classifier for the test sizes;
 - memorisation: for every window, ``ln(d_train / d_heldout)``, its distance
@@ -109,8 +115,7 @@ class ValidationConfig:
         Most windows per set whose nearest training window is searched.
     seam_period_samples : int or None
         Join period of the synthetic TOD; None: read it from the file's config
-        (``seam_period_samples``, ``tile_samples``, ``tile_latents *
-        upsample_factor``, ``window_samples``), else ``window_samples``.
+        (see :func:`seam_period`), else ``window_samples``.
     seam_halfwidth : int
         Samples on each side of a join counted as "near the join".
     detector : GlitchDetectorConfig
@@ -230,6 +235,7 @@ class SetResult:
     metrics: dict[str, MetricResult]
     seam_period_samples: int | None = None
     seam_period_source: str = ""
+    seam_phase_samples: int = 0
 
     @property
     def passed(self) -> bool:
@@ -265,6 +271,7 @@ class SetResult:
             "n_detectors": self.n_detectors,
             "seam_period_samples": self.seam_period_samples,
             "seam_period_source": self.seam_period_source,
+            "seam_phase_samples": self.seam_phase_samples,
             "passed": self.passed,
             "n_failed": self.n_failed,
             "failed": self.failed(),
@@ -697,21 +704,48 @@ def _find_key(d: Any, keys: tuple[str, ...]) -> Any:
     return None
 
 
-def seam_period(meta: TodMetadata, cfg: ValidationConfig) -> tuple[int, str]:
-    """Join period of a synthetic file: config override, file config, or the window length."""
-    if cfg.seam_period_samples:
-        return int(cfg.seam_period_samples), "validation config"
+def _find_dict_with(d: Any, keys: tuple[str, ...]) -> dict | None:
+    """First (depth-first) dict holding all ``keys`` with numeric values."""
+    if isinstance(d, dict):
+        if all(k in d and isinstance(d[k], (int, float)) and not isinstance(d[k], bool) for k in keys):
+            return d
+        for v in d.values():
+            r = _find_dict_with(v, keys)
+            if r is not None:
+                return r
+    return None
+
+
+def seam_period(meta: TodMetadata, cfg: ValidationConfig) -> tuple[int, int, str]:
+    """Where a synthetic file's generation joins are: ``(period, phase, source)``, joins at ``phase + k * period``.
+
+    Looked up in order: ``cfg.seam_period_samples``; in the file's config
+    (searched recursively) ``seam_period_samples``; ``window_samples`` and
+    ``overlap_samples`` of windows joined by a cross-fade (period = window -
+    overlap, phase = the middle of the cross-fade); ``tile_samples``;
+    ``tile_latents * upsample_factor``; ``window_samples``; else
+    ``cfg.window_samples``.  A ``start_sample`` in the config shifts the phase
+    (joins are at absolute sample numbers).
+    """
     c = meta.config or {}
-    v = _find_key(c, ("seam_period_samples", "tile_samples", "join_period_samples"))
+    start = _find_key(c, ("start_sample",)) or 0
+    if cfg.seam_period_samples:
+        return int(cfg.seam_period_samples), 0, "validation config"
+    v = _find_key(c, ("seam_period_samples", "join_period_samples"))
+    P, phase, src = None, 0, ""
     if v:
-        return int(v), "file config"
-    tl, up = _find_key(c, ("tile_latents",)), _find_key(c, ("upsample_factor",))
-    if tl and up:
-        return int(tl) * int(up), "file config (tile_latents x upsample_factor)"
-    v = _find_key(c, ("window_samples",))
-    if v:
-        return int(v), "file config (window_samples)"
-    return cfg.window_samples, "assumed (window_samples)"
+        P, src = int(v), "file config"
+    elif (d := _find_dict_with(c, ("window_samples", "overlap_samples"))) is not None and d["window_samples"] > d["overlap_samples"]:
+        P, phase, src = int(d["window_samples"] - d["overlap_samples"]), int(d["overlap_samples"]) // 2, "file config (cross-faded windows: window - overlap)"
+    elif v := _find_key(c, ("tile_samples",)):
+        P, src = int(v), "file config"
+    elif (d := _find_dict_with(c, ("tile_latents", "upsample_factor"))) is not None:
+        P, src = int(d["tile_latents"]) * int(d["upsample_factor"]), "file config (tile_latents x upsample_factor)"
+    elif v := _find_key(c, ("window_samples",)):
+        P, src = int(v), "file config (window_samples)"
+    else:
+        return cfg.window_samples, 0, "assumed (window_samples)"
+    return P, int((phase - int(start)) % P), src
 
 
 class _Builder:
@@ -845,7 +879,7 @@ def validate(
         # classifier floor
         clf_kw = dict(steps=cfg.classifier_steps, hidden=cfg.classifier_hidden, weight_decay=cfg.classifier_weight_decay, max_per_class=cfg.classifier_max_windows, seed=cfg.seed)
         wa, wb = half_a[ref_an.win_block], half_b[ref_an.win_block]
-        clf_floor = M.classifier_two_sample_test(ref_an.win_clf_feats[wa], ref_an.win_clf_feats[wb], key=(2, 0), **clf_kw)
+        clf_floor = M.classifier_two_sample_test(ref_an.win_clf_feats[wa], ref_an.win_clf_feats[wb], groups_a=ref_an.win_block[wa], groups_b=ref_an.win_block[wb], key=(2, 0), **clf_kw)
         pb.update()
 
         # memorisation: data-copying sign test, floor with half A as queries, half B as held-out pool
@@ -858,6 +892,7 @@ def validate(
 
         # seams null on the reference (depends on the period; cached per period)
         seam_cache: dict[int, dict] = {}
+        infl_cache: dict[str, float] = {}
 
         b = _Builder(cfg)
         results: dict[str, SetResult] = {}
@@ -865,17 +900,17 @@ def validate(
         for si, (sname, san) in enumerate(syn_an.items()):
             all_syn = np.ones(san.n_blocks, bool)
             mres: dict[str, MetricResult] = {}
-            mres.update(_rate_metrics(b, ref_an, san, half_a, half_b, cfg))
+            mres.update(_rate_metrics(b, ref_an, san, half_a, half_b, cfg, null_masks, infl_cache))
             for name, (group, desc, st) in stats.items():
                 val, q = st(ref_an, all_ref, san, all_syn)
                 fl, fq = floors[name]
                 thr, mu, sd = nulls[name]
                 q = dict(q, floor_quantities=fq, null_mean=mu, null_std=sd)
-                mres[name] = b.make(name, group, desc, val, fl, thr, f"null mean + {b.nsig(name):g} sd over {cfg.n_null} random re-splits of the reference", q)
+                mres[name] = b.make(name, group, desc, val, fl, thr, f"{b.nsig(name):g}-sigma point of the null over {cfg.n_null} random re-splits of the reference", q)
             # move the slope right after the amplitude distribution for reading order
             pb.update()
             # classifier
-            clf = M.classifier_two_sample_test(ref_an.win_clf_feats, san.win_clf_feats, key=(2, si + 1), **clf_kw)
+            clf = M.classifier_two_sample_test(ref_an.win_clf_feats, san.win_clf_feats, groups_a=ref_an.win_block, groups_b=san.win_block, key=(2, si + 1), **clf_kw)
             plot_data["classifier"][sname] = clf
             ns = b.nsig("classifier_auc")
             thr = max(cfg.auc_target, clf_floor.auc + ns * float(np.hypot(clf_floor.auc_sigma, clf.auc_sigma)))
@@ -895,14 +930,14 @@ def validate(
             # memorisation
             mres["memorisation"] = _memorisation_metric(b, cfg, mem, san, si, plot_data)
             # seams
-            P, src = seam_period(syns[sname].meta, cfg)
-            mres.update(_seam_metrics(b, cfg, ref_an, san, P, seam_cache))
+            P, phase, src = seam_period(syns[sname].meta, cfg)
+            mres.update(_seam_metrics(b, cfg, ref_an, san, P, phase, seam_cache))
             pb.update()
             order = ["glitch_rate", "amplitude_distribution", "amplitude_slope", "decay_time_distribution", "interarrival_distribution", "coincidence_rate"]
             ordered = {k: mres[k] for k in order if k in mres}
             ordered.update({k: v for k, v in mres.items() if k not in ordered})
             s = syns[sname]
-            results[sname] = SetResult(sname, str(s.path), s.meta.kind, san.duration_s, san.n_detectors, ordered, P, src)
+            results[sname] = SetResult(sname, str(s.path), s.meta.kind, san.duration_s, san.n_detectors, ordered, P, src, phase)
         plot_data["nulls"] = nulls
     ref_info = {
         "path": str(ref.path),
@@ -928,7 +963,7 @@ def validate(
     return result
 
 
-def _rate_metrics(b: _Builder, ref: SetAnalysis, syn: SetAnalysis, half_a: np.ndarray, half_b: np.ndarray, cfg: ValidationConfig) -> dict[str, MetricResult]:
+def _rate_metrics(b: _Builder, ref: SetAnalysis, syn: SetAnalysis, half_a: np.ndarray, half_b: np.ndarray, cfg: ValidationConfig, null_masks: list[np.ndarray], infl_cache: dict) -> dict[str, MetricResult]:
     out = {}
     all_ref = np.ones(ref.n_blocks, bool)
     all_syn = np.ones(syn.n_blocks, bool)
@@ -975,10 +1010,24 @@ def _rate_metrics(b: _Builder, ref: SetAnalysis, syn: SetAnalysis, half_a: np.nd
     def slope(an: SetAnalysis, m: np.ndarray) -> tuple[float, float, int]:
         return M.powerlaw_slope_mle(an.glitches.amplitude[_gsel(an, m)], a_cut)
 
+    # errors inflated for correlated amplitudes (a wafer hit seen by several detectors): the
+    # scatter of alpha_A - alpha_B over random re-splits of the reference vs the ML errors
+    if infl_cache.get("slope") is None:
+        diffs, var_ml = [], []
+        for m in null_masks:
+            s1, e1, _ = slope(ref, m)
+            s2, e2, _ = slope(ref, ~m)
+            if np.isfinite(s1) and np.isfinite(s2):
+                diffs.append(s1 - s2)
+                var_ml.append(e1**2 + e2**2)
+        ratio = float(np.var(diffs, ddof=1) / np.mean(var_ml)) if len(diffs) > 2 else 1.0
+        infl_cache["slope"] = float(np.sqrt(max(1.0, ratio)))
+    infl = infl_cache["slope"]
     sa, esa, nsa = slope(ref, half_a)
     sb, esb, nsb = slope(ref, half_b)
     sr, esr, nsr = slope(ref, all_ref)
     ss, ess, nss = slope(syn, all_syn)
+    esa, esb, esr, ess = esa * infl, esb * infl, esr * infl, ess * infl
     nsig = b.nsig("amplitude_slope")
     fz = abs(M.rate_zscore(sa, esa, sb, esb)) if min(nsa, nsb) >= 5 else float("nan")
     vz = abs(M.rate_zscore(sr, esr, ss, ess)) if min(nsr, nss) >= 5 else float("nan")
@@ -987,12 +1036,12 @@ def _rate_metrics(b: _Builder, ref: SetAnalysis, syn: SetAnalysis, half_a: np.nd
     out["amplitude_slope"] = b.make(
         "amplitude_slope",
         "glitches",
-        f"|z| of the power-law slope alpha (dN/dA ~ A^-alpha, max. likelihood) above {a_cut:.3g} (= {cfg.slope_cut_sigma:g} ref. sigma)",
+        f"|z| of the power-law slope alpha (dN/dA ~ A^-alpha, max. likelihood) above {a_cut:.3g} (= {cfg.slope_cut_sigma:g} ref. sigma); errors x sqrt(re-split scatter / ML variance) if > 1",
         vz,
         fz,
         nsig,
         f"|z| <= {nsig:g}",
-        {"alpha_reference": sr, "alpha_reference_error": esr, "alpha_synthetic": ss, "alpha_synthetic_error": ess, "alpha_half_a": sa, "alpha_half_b": sb, "n_reference": nsr, "n_synthetic": nss, "amplitude_cut": a_cut},
+        {"alpha_reference": sr, "alpha_reference_error": esr, "alpha_synthetic": ss, "alpha_synthetic_error": ess, "alpha_half_a": sa, "alpha_half_b": sb, "n_reference": nsr, "n_synthetic": nss, "amplitude_cut": a_cut, "error_inflation": infl},
     )
     # coincidences
     if ref.coinc_possible and syn.coinc_possible:
@@ -1112,7 +1161,7 @@ def _memorisation_metric(b: _Builder, cfg: ValidationConfig, mem: "_Memorisation
     )
 
 
-def _seam_metrics(b: _Builder, cfg: ValidationConfig, ref: SetAnalysis, syn: SetAnalysis, P: int, cache: dict) -> dict[str, MetricResult]:
+def _seam_metrics(b: _Builder, cfg: ValidationConfig, ref: SetAnalysis, syn: SetAnalysis, P: int, phase: int, cache: dict) -> dict[str, MetricResult]:
     out = {}
     h = cfg.seam_halfwidth
     names = {"step": "seam_step", "variance": "seam_variance", "glitch_z": "seam_glitch_rate"}
@@ -1136,11 +1185,11 @@ def _seam_metrics(b: _Builder, cfg: ValidationConfig, ref: SetAnalysis, syn: Set
         floor = M.seam_statistics(ref.y, ref.glitches.detector, ref.glitches.peak_index, P, 0, h)
         cache[P] = (null, floor, len(offsets))
     null, floor, n_off = cache[P]
-    val = M.seam_statistics(syn.y, syn.glitches.detector, syn.glitches.peak_index, P, 0, h)
+    val = M.seam_statistics(syn.y, syn.glitches.detector, syn.glitches.peak_index, P, phase, h)
     for k, n in names.items():
         nsig = b.nsig(n)
         thr, mu, sd = M.null_threshold(np.array(null[k]), nsig)
-        out[n] = b.make(n, "seams", descs[k], abs(val[k]), abs(floor[k]), thr, f"null mean + {nsig:g} sd over {n_off} join phases in the reference", {"period_samples": P, "signed_value": val[k], "signed_floor": floor[k], "n_joins": val["n_joins"], "null_mean": mu, "null_std": sd})
+        out[n] = b.make(n, "seams", descs[k], abs(val[k]), abs(floor[k]), thr, f"{nsig:g}-sigma point of the null over {n_off} join phases in the reference", {"period_samples": P, "phase_samples": phase, "signed_value": val[k], "signed_floor": floor[k], "n_joins": val["n_joins"], "null_mean": mu, "null_std": sd})
     return out
 
 

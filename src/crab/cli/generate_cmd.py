@@ -116,6 +116,10 @@ def generate(model_path, method, fit_path, save_template, duration, detectors, s
     progress = False if no_progress else None
     run_config = {"command": "crab generate", "fit": None if fit_path is None else str(fit_path)}
 
+    if checksum_only or out == "-":  # under mpirun these sinks would repeat the whole job on every rank
+        from .. import mpi
+
+        mpi.require_serial("--checksum-only" if checksum_only else "--out -")
     old = signal.signal(signal.SIGTERM, _raise_terminated)  # a terminated run cleans up like ^C
     try:
         if checksum_only:

@@ -42,7 +42,7 @@ _FIELDS = {
 @click.command("train")
 @click.option("--data", "data", multiple=True, required=True, type=click.Path(path_type=Path), help="Training TOD: a crab HDF5 file (from `crab simulate`) or a .npz with 'tod' and 'sampling_rate_hz'. Repeat for several files.")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Model directory to write (model.pt, checkpoints, history).")
-@click.option("--epochs", type=int, default=None, callback=positive_int, help="Adversarial epochs (after discriminator pretraining).  [default: 30]")
+@click.option("--epochs", type=int, default=None, callback=positive_int, help="Adversarial epochs (after discriminator pretraining).  [default: 60]")
 @click.option("--seed", type=int, default=None, callback=_nonneg_int, help="Seed of every random stream.  [default: 1]")
 @click.option("--resume", is_flag=True, help="Continue the training stored in --out (checkpoint.pt); ends where an uninterrupted run would.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
@@ -64,8 +64,9 @@ _FIELDS = {
 @click.option("--latent-dim", type=int, default=None, callback=positive_int, help="Latent channels of the generator.")
 @click.option("--generator-arch", type=click.Choice(["streaming", "paper"]), default=None, help="Streaming (fully convolutional, default) or the paper's dense-input generator.")
 @click.option("--threads", type=int, default=None, callback=positive_int, help="Torch CPU threads.")
+@click.option("--recipe", type=click.Choice(["default", "paper"]), default="default", show_default=True, help="Starting hyper-parameters: CRAB's defaults (WGAN-GP) or the paper's (BCE, SGD for D, Adam for G); options given here override them.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(data, out, resume, overwrite, quiet, latent_dim, generator_arch, **opts):
+def train(data, out, resume, overwrite, quiet, latent_dim, generator_arch, recipe, **opts):
     """Train the GAN on TOD from `crab simulate` (or your own Monte Carlo).
 
     Example: crab train --data mc.h5 --out model_dir --epochs 200 --seed 1
@@ -80,10 +81,10 @@ def train(data, out, resume, overwrite, quiet, latent_dim, generator_arch, **opt
     model_config = None
     if resume:
         base = checkpoint_train_config(out)
-        if latent_dim is not None or generator_arch is not None:
-            raise InputError("--latent-dim and --generator-arch cannot change when resuming")
+        if latent_dim is not None or generator_arch is not None or recipe != "default":
+            raise InputError("--latent-dim, --generator-arch and --recipe cannot change when resuming")
     else:
-        base = TrainConfig()
+        base = TrainConfig.paper() if recipe == "paper" else TrainConfig()
         mkw = {k: v for k, v in (("latent_dim", latent_dim), ("generator_arch", generator_arch)) if v is not None}
         try:
             model_config = ModelConfig(**mkw, window_samples=overrides.get("window_samples", base.window_samples))
