@@ -377,7 +377,7 @@ def write_plots(result: "ValidationResult", out_dir: Path) -> list[Path]:
         lvl = next((s.metrics["memorisation"].quantities.get("log_ratio_level") for s in result.sets.values() if "memorisation" in s.metrics), None)
         if lvl is not None:
             ax[1].axvline(lvl, color="k", ls="--", lw=0.8, label=f"{result.config.memorisation_quantile:g} quantile of the floor")
-        ax[1].set_xlabel("ln(d nearest training / d nearest held-out)   (clipped at -1; copies: far left)")
+        ax[1].set_xlabel("ln(d to training / d to held-out)  (clipped at -1; copies far left)")
         ax[1].set_ylabel("density")
         ax[1].legend(fontsize=7)
     else:
