@@ -61,15 +61,15 @@ def test_train_and_resume(tmp_path, npz, capsys):
 )
 def test_bad_inputs_one_line_error_and_no_model_dir(tmp_path, npz, capsys, case, message):
     out = tmp_path / "model"
-    data = {
-        "missing": ["--data", tmp_path / "nope.h5"],
-        "nan": ["--data", npz(nan=True)],
-        "short": ["--data", npz(n=200)],
-        "rates": ["--data", npz("a.npz"), "--data", npz("b.npz", rate=31.0)],
-        "window": ["--data", npz()],
-    }[case]
+    data = {  # built lazily: each case writes its own file
+        "missing": lambda: ["--data", tmp_path / "nope.h5"],
+        "nan": lambda: ["--data", npz("nan.npz", nan=True)],
+        "short": lambda: ["--data", npz("short.npz", n=200)],
+        "rates": lambda: ["--data", npz("a.npz"), "--data", npz("b.npz", rate=31.0)],
+        "window": lambda: ["--data", npz()],
+    }[case]()
     extra = ["--window-samples", "60"] if case == "window" else ["--window-samples", "64"]
-    code, res = _run(capsys, "train", *data, "--out", out, "--epochs", 1, "--quiet", *extra)
+    code, res = _run(capsys, "train", *data, "--out", out, "--epochs", 1, *FAST[:-2], *extra)
     assert code == 2
     assert res.err.startswith("error: ") and res.err.count("\n") == 1 and message in res.err
     assert not out.exists()

@@ -42,7 +42,7 @@ _FIELDS = {
 @click.command("train")
 @click.option("--data", "data", multiple=True, required=True, type=click.Path(path_type=Path), help="Training TOD: a crab HDF5 file (from `crab simulate`) or a .npz with 'tod' and 'sampling_rate_hz'. Repeat for several files.")
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Model directory to write (model.pt, checkpoints, history).")
-@click.option("--epochs", type=int, default=None, callback=positive_int, help="Adversarial epochs (after discriminator pretraining).  [default: 60]")
+@click.option("--epochs", type=int, default=None, callback=positive_int, help="Adversarial epochs (after discriminator pretraining).  [default: 90]")
 @click.option("--seed", type=int, default=None, callback=_nonneg_int, help="Seed of every random stream.  [default: 1]")
 @click.option("--resume", is_flag=True, help="Continue the training stored in --out (checkpoint.pt); ends where an uninterrupted run would.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
