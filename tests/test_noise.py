@@ -79,3 +79,30 @@ def test_bad_parameters():
         NoiseParams(white_asd=-1)
     with pytest.raises(ValueError, match="lowpass_hz"):
         NoiseGenerator(NoiseParams(), 19.0, seed=1, lowpass_hz=0)
+
+
+def test_tabulated_psd_follows_a_non_1f_spectrum():
+    """A band-limited spectrum (not white + 1/f) is reproduced through the fitted table."""
+    import scipy.signal
+
+    fs = 19.0
+    white = NoiseGenerator(NoiseParams(white_asd=1.0, f_knee_hz=0.05), fs, seed=11).generate_many([0, 1], 0, 400_000)
+    sos = scipy.signal.bessel(6, 0.3 * fs, fs=fs, output="sos")  # anti-alias-like roll-off
+    x = scipy.signal.sosfilt(sos, white, axis=-1)
+    p = fit_noise_params(x, fs, nperseg=8192)
+    assert p.table_freq_hz and p.table_low_slope >= 0
+    assert NoiseParams(**p.to_dict()) == p  # JSON-like round trip
+    y = NoiseGenerator(p, fs, seed=12).generate(0, 0, 400_000)
+    for lo in (0.005, 0.05, 0.5, 3.0, 6.0):
+        assert _band_ratio(y, x[0], fs, lo) == pytest.approx(1.0, rel=0.2), lo
+    # the parametric white + 1/f model alone cannot follow the roll-off at high frequency
+    q = NoiseParams(white_asd=p.white_asd, f_knee_hz=p.f_knee_hz, alpha=p.alpha, f_min_hz=p.f_min_hz)
+    z = NoiseGenerator(q, fs, seed=12).generate(0, 0, 400_000)
+    assert _band_ratio(z, x[0], fs, 6.0) > 1.5
+
+
+def test_psd_table_validation():
+    with pytest.raises(ValueError, match="PSD table"):
+        NoiseParams(table_freq_hz=(1.0, 0.5), table_psd=(1.0, 1.0))
+    with pytest.raises(ValueError, match="2 frequencies but 1"):
+        NoiseParams(table_freq_hz=(1.0, 2.0), table_psd=(1.0,))

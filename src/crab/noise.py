@@ -52,24 +52,54 @@ class NoiseParams:
         Slope of the 1/f component (PSD ~ f**-alpha below the knee).
     f_min_hz : float
         Frequency below which the 1/f component flattens (Hz).
+    table_freq_hz, table_psd : tuple of float
+        Optional measured PSD (Hz, units**2/Hz), increasing frequencies.  When
+        given, it *replaces* the parametric model inside its frequency range:
+        :meth:`psd` interpolates it in log-log; below its lowest frequency it
+        continues as a power law of slope ``table_low_slope`` flattening at
+        ``f_min_hz``, above its highest it stays at the last value.  Real
+        detector TOD (anti-alias roll-off, pile-up of small glitches) is not
+        white + 1/f; the table keeps its measured shape.
+    table_low_slope : float
+        PSD slope (``PSD ~ f**-slope``) used below the table.
     """
 
     white_asd: float = 1.0
     f_knee_hz: float = 0.02
     alpha: float = 1.0
     f_min_hz: float = 1e-4
+    table_freq_hz: tuple[float, ...] = ()
+    table_psd: tuple[float, ...] = ()
+    table_low_slope: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("white_asd", "f_knee_hz", "alpha", "f_min_hz"):
+        for name in ("white_asd", "f_knee_hz", "alpha", "f_min_hz", "table_low_slope"):
             v = getattr(self, name)
             if not np.isfinite(v) or v < 0:
                 raise ValueError(f"noise parameter {name} must be finite and >= 0, got {v!r}")
-        if self.f_min_hz <= 0 and self.f_knee_hz > 0:
-            raise ValueError("f_min_hz must be > 0 when a 1/f component is present")
+        if self.f_min_hz <= 0 and (self.f_knee_hz > 0 or self.table_freq_hz):
+            raise ValueError("f_min_hz must be > 0 when a 1/f component or a PSD table is present")
+        object.__setattr__(self, "table_freq_hz", tuple(float(v) for v in self.table_freq_hz))
+        object.__setattr__(self, "table_psd", tuple(float(v) for v in self.table_psd))
+        f, p = np.array(self.table_freq_hz), np.array(self.table_psd)
+        if f.size != p.size:
+            raise ValueError(f"PSD table: {f.size} frequencies but {p.size} values")
+        if f.size and (f.size < 2 or np.any(f <= 0) or np.any(np.diff(f) <= 0) or np.any(~np.isfinite(p)) or np.any(p <= 0)):
+            raise ValueError("PSD table needs >= 2 increasing positive frequencies and positive finite values")
 
     def psd(self, freq_hz: np.ndarray) -> np.ndarray:
         """One-sided PSD (units**2/Hz) at ``freq_hz``."""
         f = np.asarray(freq_hz, dtype=np.float64)
+        if self.table_freq_hz:
+            tf, tp = np.log(self.table_freq_hz), np.log(self.table_psd)
+            fc = np.clip(f, self.table_freq_hz[0], self.table_freq_hz[-1])
+            out = np.exp(np.interp(np.log(fc), tf, tp))
+            f0 = self.table_freq_hz[0]
+            low = f < f0
+            if np.any(low):
+                ratio = (f0**2 + self.f_min_hz**2) / (f[low] ** 2 + self.f_min_hz**2)
+                out[low] = self.table_psd[0] * ratio ** (0.5 * self.table_low_slope)
+            return out
         s = np.ones_like(f)
         if self.f_knee_hz > 0:
             s = s + (self.f_knee_hz / np.sqrt(f**2 + self.f_min_hz**2)) ** self.alpha
@@ -293,8 +323,13 @@ def welch_psd(tod: np.ndarray, sampling_rate_hz: float, nperseg: int = 4096, rob
     return scipy.signal.welch(x, fs=sampling_rate_hz, nperseg=nper, average="median" if robust else "mean")
 
 
-def fit_noise_params(tod: np.ndarray, sampling_rate_hz: float, nperseg: int = 4096, f_min_hz: float = 1e-4) -> NoiseParams:
+def fit_noise_params(tod: np.ndarray, sampling_rate_hz: float, nperseg: int = 4096, f_min_hz: float = 1e-4, *, tabulate: bool = True, bins_per_octave: int = 6) -> NoiseParams:
     """Fit white level, knee and slope to the (glitch-robust) Welch PSD of one or more series.
+
+    With ``tabulate`` (default) the measured PSD itself, averaged over rows and
+    smoothed in bins of ``1 / bins_per_octave`` octave, is stored as the
+    noise model's table (see :class:`NoiseParams`); the parametric fields keep
+    the white + 1/f fit for reference.
 
     Parameters
     ----------
@@ -329,4 +364,18 @@ def fit_noise_params(tod: np.ndarray, sampling_rate_hz: float, nperseg: int = 40
     w = np.gradient(logf)
     sol = scipy.optimize.least_squares(lambda t: resid(t) * np.sqrt(w / w.mean()), theta0, bounds=([-np.inf, np.log(f[0] / 10), 0.1], [np.inf, np.log(f.max()), 4.0]))
     log_sw, log_fk, a = sol.x
-    return NoiseParams(white_asd=float(np.exp(0.5 * log_sw)), f_knee_hz=float(np.exp(log_fk)), alpha=float(a), f_min_hz=f_min_hz)
+    params = dict(white_asd=float(np.exp(0.5 * log_sw)), f_knee_hz=float(np.exp(log_fk)), alpha=float(a), f_min_hz=f_min_hz)
+    if not tabulate:
+        return NoiseParams(**params)
+    pm = np.mean(np.array(psds)[:, 1:], axis=0)  # rows averaged linearly (median-averaged, bias-corrected Welch per row)
+    edges = f[0] * 2.0 ** (np.arange(0, np.log2(f[-1] / f[0]) + 1.0 / bins_per_octave, 1.0 / bins_per_octave))
+    idx = np.clip(np.searchsorted(edges, f, side="right") - 1, 0, None)
+    tf, tp = [], []
+    for b in np.unique(idx):
+        m = idx == b
+        tf.append(float(np.exp(np.mean(np.log(f[m])))))
+        tp.append(float(np.mean(pm[m])))
+    tf_a, tp_a = np.array(tf), np.array(tp)
+    lowest = tf_a <= tf_a[0] * 4.0  # slope of the lowest two octaves, for the extrapolation below the table
+    slope = 0.0 if lowest.sum() < 2 else float(np.clip(-np.polyfit(np.log(tf_a[lowest]), np.log(tp_a[lowest]), 1)[0], 0.0, 2.0))
+    return NoiseParams(**params, table_freq_hz=tuple(tf), table_psd=tuple(tp), table_low_slope=slope)
