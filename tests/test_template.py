@@ -15,7 +15,9 @@ from crab.template import (
     fit_template,
     fit_template_file,
     load_template,
+    render_events,
     render_glitches,
+    render_response,
     save_template,
 )
 from crab.tod_io import EventTable, TodMetadata, default_detector_names, write_tod
@@ -62,8 +64,14 @@ def test_fit_recovers_rates_shapes_and_noise(mc, model):
     assert np.interp(0.5, np.linspace(0, 1, len(p)), np.sort(p)) == pytest.approx(0.15, rel=0.15)
     amp_med = np.quantile(model.direct.amplitude_quantiles, 0.5)
     assert amp_med == pytest.approx(np.median(truth["amplitude"]), rel=0.3)
-    assert np.quantile(model.wafer.tau_quantiles_s, 0.5) == pytest.approx(0.6, rel=0.2)
-    assert np.quantile(model.wafer.amplitude_quantiles, 0.5) == pytest.approx(0.5, rel=0.2)
+    # wafer hits: one linear response per keV (here 0.5 exp(-t / 0.6) per 1-keV hit), fitted on all events at once
+    w = model.wafer
+    assert w.linear and w.n_events == 300
+    s = np.linspace(0.0, 3.0, 301)
+    h = sum(a * np.exp(-np.maximum(s - w.delay_s, 0) / tau) * (s >= w.delay_s) for a, tau in zip(w.response_pw_per_kev, w.response_tau_s))
+    assert h.max() == pytest.approx(0.5, rel=0.1)
+    assert np.trapezoid(h, s) == pytest.approx(0.5 * 0.6 * (1 - np.exp(-3 / 0.6)), rel=0.1)
+    assert np.allclose(w.energy_quantiles_kev, 1.0)
     true_asd = 0.05 / np.sqrt(FS / 2)
     assert model.noise_params.white_asd == pytest.approx(true_asd, rel=0.15)
 
@@ -88,12 +96,51 @@ def test_glitches_straddling_blocks_continue_exactly(model):
     n_blocks = 400
     parts = np.concatenate([src.glitches(0, t) for t in range(n_blocks)])
     ev = [src.events(0, b) for b in range(n_blocks)]
-    t = np.concatenate([e["t"] for e in ev])
-    whole = render_glitches(0, n_blocks * 256, t, np.concatenate([e["c2"] for e in ev]), np.concatenate([e["tau_s"] for e in ev]), FS, src.classes)
+    cat = {k: np.concatenate([e[k] for e in ev]) for k in ev[0]}
+    whole = sum(src.render(pop, 0, n_blocks * 256, {k: v[cat["wafer"] == is_w] for k, v in cat.items()}) for pop, is_w in ((model.direct, False), (model.wafer, True)))
     np.testing.assert_allclose(parts, whole, rtol=0, atol=1e-6 * np.abs(whole).max())
     # at least one event really straddles a block boundary
-    i0 = np.ceil(t).astype(int)
+    i0 = np.ceil(cat["t"]).astype(int)
     assert np.sum((i0 % 256) > 240) > 5
+
+
+def test_render_matches_the_continuous_templates():
+    """Exact sub-sample timing, rise, delay and peak normalisation of both renderers."""
+    t0, tau, rise, delay = 10.37, 0.2, 0.03, 0.05
+    y = render_events(0, 40, np.array([t0]), np.array([2.0]), np.array([tau]), FS, rise_s=rise, delay_s=delay)
+    s = np.arange(40) / FS - t0 / FS - delay
+    expect = np.where(s >= 0, np.exp(-np.maximum(s, 0) / tau) - np.exp(-np.maximum(s, 0) / rise), 0.0)
+    expect *= 2.0 / (np.exp(-np.linspace(0, 1, 200001) / tau) - np.exp(-np.linspace(0, 1, 200001) / rise)).max()
+    np.testing.assert_allclose(y, expect, rtol=1e-9, atol=1e-12)
+    # the linear response: E sum_j a_j exp(-s / tau_j), through recursive filters
+    r = render_response(0, 40, np.array([t0]), np.array([3.0]), [0.3, 0.03], [1.0, -1.0], FS, delay_s=delay)
+    expect = np.where(s >= 0, 3.0 * (np.exp(-np.maximum(s, 0) / 0.3) - np.exp(-np.maximum(s, 0) / 0.03)), 0.0)
+    np.testing.assert_allclose(r, expect, rtol=1e-9, atol=1e-12)
+    # TOAST's template (no rise, no delay) through the compatibility name
+    np.testing.assert_allclose(render_glitches(0, 40, np.array([t0]), np.array([2.0]), np.array([tau]), FS), 2.0 * np.where(s + delay >= 0, np.exp(-np.maximum(s + delay, 0) / tau), 0.0), rtol=1e-9)
+
+
+def test_wafer_gain_is_not_biased_by_pile_up():
+    """15 wafer hits/s piling up: the regression recovers the response that a per-event amplitude fit would overestimate."""
+    g = np.random.default_rng(4)
+    n, dur = int(FS * 1800), 1800.0
+    tw = np.sort(g.uniform(0, dur, int(15 * dur)))
+    e = np.exp(g.normal(np.log(300.0), 1.0, tw.size))
+    true_tau, true_coef = [0.3, 0.04], [4e-8, -4e-8]
+    sig = render_response(0, n, tw * FS, e, true_tau, true_coef, FS, delay_s=0.05)
+    tod = (sig[None, :] + 2e-5 * g.standard_normal((2, n))).astype(np.float32)
+    ev = EventTable(time_s=tw, detector=-np.ones(tw.size), charge_z=np.ones(tw.size), energy_kev=e, kind=np.ones(tw.size))
+    m = fit_template(tod, ev, FS)
+    s = np.linspace(0, 2, 2001)
+    h = lambda taus, coefs, d: sum(a * np.exp(-np.maximum(s - d, 0) / t) * (s >= d) for a, t in zip(coefs, taus))  # noqa: E731
+    ref = h(true_tau, true_coef, 0.05)
+    fit = h(m.wafer.response_tau_s, m.wafer.response_pw_per_kev, m.wafer.delay_s)
+    assert fit.max() == pytest.approx(ref.max(), rel=0.03)
+    assert np.trapezoid(fit, s) == pytest.approx(np.trapezoid(ref, s), rel=0.03)
+    assert m.wafer.rate_hz == pytest.approx(tw.size / dur)
+    # the noise is fitted with the wafer model removed: no confusion noise counted twice
+    asd = np.sqrt(m.noise_params.psd(np.array([0.1, 1.0, 5.0])))
+    np.testing.assert_allclose(asd, 2e-5 / np.sqrt(FS / 2), rtol=0.2)
 
 
 def test_same_bytes_for_chunks_start_and_order(model):
@@ -138,6 +185,10 @@ def test_json_round_trip_and_errors(model, tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     with pytest.raises(ModelCompatibilityError, match="version"):
         load_template(tmp_path / "bad.json")
+    bad["format_version"] = 1  # the layout before the linear wafer response
+    (tmp_path / "v1.json").write_text(json.dumps(bad))
+    with pytest.raises(ModelCompatibilityError, match="version 1 .*fit it again"):
+        load_template(tmp_path / "v1.json")
     with pytest.raises(ModelCompatibilityError, match="not found"):
         load_template(tmp_path / "none.json")
 
