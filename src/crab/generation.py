@@ -69,7 +69,6 @@ Public API
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import sys
@@ -84,6 +83,7 @@ from typing import Any, BinaryIO, Callable, Iterator, Sequence
 import numpy as np
 
 from . import rng
+from .tod_io import TodChecksum, file_checksum, tod_checksum  # noqa: F401  (re-exported)
 from .errors import InputError, ModelCompatibilityError
 from .noise import NoiseGenerator
 
@@ -350,6 +350,9 @@ class _FastStreamingNet:
         self.offset = left
         self.right_loss = right
         self.out_channels = int(cfg.out_channels)
+        # the generator's output bound (crab.model.soft_bound), applied to the result
+        bounds = getattr(cfg, "output_bounds", None)
+        self.bound = None if bounds is None else (float(bounds[0]), float(bounds[1]), float(cfg.output_bound_width))
 
     def run(self, z) -> np.ndarray:
         """Valid outputs for latents ``z`` (torch (n_steps, latent_dim)): float32 numpy (out_channels, n_out)."""
@@ -394,8 +397,15 @@ class _FastStreamingNet:
                         acc += P[j : j + n, j * C + c]
                 if act is not None:
                     res = np.where(res > 0, res, res * np.float32(act)).astype(np.float32)
-                return res
-        return np.ascontiguousarray(h.numpy().T)
+                return self._bound(res)
+        return self._bound(np.ascontiguousarray(h.numpy().T))
+
+    def _bound(self, y: np.ndarray) -> np.ndarray:
+        if self.bound is None:
+            return y
+        from .model import soft_bound
+
+        return np.ascontiguousarray(soft_bound(y, *self.bound), dtype=np.float32)
 
 
 class GanSource(TileSource):
@@ -788,45 +798,8 @@ class TodGenerator:
         return out
 
 # --------------------------------------------------------------------------- sinks
-class Checksum:
-    """SHA-256 of a TOD, independent of how it is chunked.
-
-    One SHA-256 per detector over its float32 little-endian samples in time
-    order; the checksum is the SHA-256 of the concatenated per-detector
-    digests (hex).  :func:`file_checksum` gives the same value for a file.
-    """
-
-    def __init__(self, n_detectors: int) -> None:
-        self._h = [hashlib.sha256() for _ in range(int(n_detectors))]
-
-    def update(self, chunk: np.ndarray) -> None:
-        c = np.asarray(chunk)
-        if c.dtype != np.dtype("<f4"):
-            c = c.astype("<f4")
-        for h, row in zip(self._h, c):
-            h.update(np.ascontiguousarray(row))
-
-    def hexdigest(self) -> str:
-        return hashlib.sha256(b"".join(h.digest() for h in self._h)).hexdigest()
-
-
-def tod_checksum(tod: np.ndarray) -> str:
-    """:class:`Checksum` of an in-memory TOD (n_detectors, n_samples)."""
-    tod = np.atleast_2d(np.asarray(tod))
-    c = Checksum(tod.shape[0])
-    c.update(tod)
-    return c.hexdigest()
-
-
-def file_checksum(path: str | os.PathLike, chunk_samples: int = 1 << 22) -> str:
-    """:class:`Checksum` of the ``/tod`` dataset of a TOD file (read in chunks)."""
-    from .tod_io import iter_tod_chunks, read_metadata
-
-    meta, _ = read_metadata(path)
-    c = Checksum(meta.n_detectors)
-    for _, chunk in iter_tod_chunks(path, chunk_samples):
-        c.update(chunk)
-    return c.hexdigest()
+# one implementation, owned by the file format (re-exported here for users of generation)
+Checksum = TodChecksum
 
 
 def peak_rss_mb() -> float:

@@ -45,7 +45,6 @@ one ordinary file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -273,40 +272,10 @@ def _chunks(tile_fn: TileFn | None, tile_chunks: TileChunks | None, rows: np.nda
         yield _check_block(tile_fn(rows, s, m), len(rows), m)
 
 
-class RowDigests:
-    """One SHA-256 per row over its float32 little-endian samples in time order.
-
-    The file checksum is the SHA-256 of the concatenated row digests (hex):
-    the definition of :class:`crab.generation.Checksum`, so a distributed run
-    whose tiles hold whole rows (detector split only) gets the same checksum
-    as a single-process run without reading the data again.
-    """
-
-    def __init__(self, n_rows: int) -> None:
-        self._h = [hashlib.sha256() for _ in range(int(n_rows))]
-
-    def update(self, chunk: np.ndarray) -> None:
-        c = np.asarray(chunk)
-        if c.dtype != np.dtype("<f4"):
-            c = c.astype("<f4")
-        for h, row in zip(self._h, c):
-            h.update(np.ascontiguousarray(row))
-
-    def digests(self) -> list[bytes]:
-        return [h.digest() for h in self._h]
-
-    @staticmethod
-    def combine(digests: Sequence[bytes]) -> str:
-        return hashlib.sha256(b"".join(digests)).hexdigest()
+RowDigests = tod_io.TodChecksum  # per-row digests, combined in detector order
 
 
-def file_checksum(path: str | os.PathLike, chunk_samples: int = 1 << 20) -> str:
-    """:class:`RowDigests` checksum of ``/tod`` of a file (reads it all, in chunks)."""
-    meta, _ = tod_io.read_metadata(path)
-    d = RowDigests(meta.n_detectors)
-    for _, chunk in tod_io.iter_tod_chunks(path, chunk_samples):
-        d.update(chunk)
-    return RowDigests.combine(d.digests())
+file_checksum = tod_io.file_checksum
 
 
 CHECKSUM_ATTR = "checksum_sha256"
