@@ -106,3 +106,21 @@ def test_psd_table_validation():
         NoiseParams(table_freq_hz=(1.0, 0.5), table_psd=(1.0, 1.0))
     with pytest.raises(ValueError, match="2 frequencies but 1"):
         NoiseParams(table_freq_hz=(1.0, 2.0), table_psd=(1.0,))
+
+
+def test_noise_fit_clips_glitches():
+    """Big glitches are clipped before the fit: their power is mostly kept out of the noise model."""
+    fs = 19.0
+    p = NoiseParams(white_asd=1.0, f_knee_hz=0.05)
+    x = NoiseGenerator(p, fs, seed=21).generate_many([0, 1], 0, 200_000).astype(np.float64)
+    g = np.random.default_rng(0)
+    t = np.arange(60) / fs
+    for row in x:
+        for i0 in g.integers(0, x.shape[1] - 60, 400):
+            row[i0 : i0 + 60] += 200.0 * np.exp(-t / 0.5)
+    clean = fit_noise_params(x, fs, nperseg=8192)
+    dirty = fit_noise_params(x, fs, nperseg=8192, clip_sigma=None)
+    f = np.array([0.01, 0.1, 1.0])
+    assert np.all(dirty.psd(f) > 30 * p.psd(f))  # unclipped, the glitches dominate
+    assert np.all(clean.psd(f) < dirty.psd(f) / 8)  # clipped: what is left is the sub-threshold part of the tails
+    assert clean.psd(np.array([5.0]))[0] == pytest.approx(p.psd(np.array([5.0]))[0], rel=0.35)

@@ -323,8 +323,43 @@ def welch_psd(tod: np.ndarray, sampling_rate_hz: float, nperseg: int = 4096, rob
     return scipy.signal.welch(x, fs=sampling_rate_hz, nperseg=nper, average="median" if robust else "mean")
 
 
-def fit_noise_params(tod: np.ndarray, sampling_rate_hz: float, nperseg: int = 4096, f_min_hz: float = 1e-4, *, tabulate: bool = True, bins_per_octave: int = 6) -> NoiseParams:
+def clip_glitches(tod: np.ndarray, sampling_rate_hz: float, clip_sigma: float = 5.0, baseline_s: float = 5.0) -> np.ndarray:
+    """Winsorise glitches: samples further than ``clip_sigma`` robust sigma from a running median are clipped.
+
+    The running median spans ``baseline_s`` seconds; sigma is the robust noise
+    RMS of each row (:func:`crab.transform.robust_sigma`).  What is left is the
+    Gaussian-like noise (with slow drifts) that :class:`NoiseGenerator` can
+    represent; glitches and their pile-up are the generators' business.
+    """
+    import scipy.ndimage
+
+    from .transform import robust_sigma
+
+    rows = np.atleast_2d(np.asarray(tod, dtype=np.float64))
+    width = max(3, int(baseline_s * sampling_rate_hz) | 1)
+    out = np.empty_like(rows)
+    for i, row in enumerate(rows):
+        base = scipy.ndimage.median_filter(row, size=width, mode="nearest")
+        lim = clip_sigma * robust_sigma(row - base)
+        out[i] = base + np.clip(row - base, -lim, lim)
+    return out.reshape(np.shape(tod)) if np.ndim(tod) > 1 else out[0]
+
+
+def fit_noise_params(
+    tod: np.ndarray,
+    sampling_rate_hz: float,
+    nperseg: int = 4096,
+    f_min_hz: float = 1e-4,
+    *,
+    tabulate: bool = True,
+    bins_per_octave: int = 6,
+    clip_sigma: float | None = 5.0,
+) -> NoiseParams:
     """Fit white level, knee and slope to the (glitch-robust) Welch PSD of one or more series.
+
+    With ``clip_sigma`` (default 5) glitches are first clipped
+    (:func:`clip_glitches`), so the model describes the noise, not the
+    glitches' own spectrum (which a generator reproduces with its glitches).
 
     With ``tabulate`` (default) the measured PSD itself, averaged over rows and
     smoothed in bins of ``1 / bins_per_octave`` octave, is stored as the
@@ -343,6 +378,8 @@ def fit_noise_params(tod: np.ndarray, sampling_rate_hz: float, nperseg: int = 40
         Fixed low-frequency flattening of the fitted model.
     """
     rows = np.atleast_2d(np.asarray(tod, dtype=np.float64))
+    if clip_sigma is not None:
+        rows = clip_glitches(rows, sampling_rate_hz, clip_sigma)
     psds = []
     for row in rows:
         f, p = welch_psd(row, sampling_rate_hz, nperseg=nperseg, robust=True)
