@@ -87,8 +87,8 @@ def test_latent_sequence_is_position_addressed():
 # --------------------------------------------------------------------------- fast inference
 @pytest.mark.parametrize(
     "cfg",
-    [{}, {"noise_dim": 0, "latent_dim": 8, "kernel_size": 3}, {"noise_dim": 32, "latent_dim": 40, "kernel_size": 7}, {"cond_dim": 1}],
-    ids=["default", "no-noise-k3", "2noise-k7", "cond"],
+    [{}, {"noise_dim": 0, "latent_dim": 8, "kernel_size": 3}, {"noise_dim": 32, "latent_dim": 40, "kernel_size": 7}, {"cond_dim": 1}, {"output_bounds": (-0.8, 1.2)}],
+    ids=["default", "no-noise-k3", "2noise-k7", "cond", "bounded"],
 )
 def test_fast_inference_matches_the_module(tmp_path, cfg):
     m = load_model(make_model_dir(tmp_path, **cfg))
@@ -100,6 +100,14 @@ def test_fast_inference_matches_the_module(tmp_path, cfg):
         a, b = fast.tile(2, t), slow.tile(2, t)
         assert a.dtype == np.float32 and a.shape == (1, 64 * 16)
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+    if cfg.get("output_bounds"):
+        # the bound is active on this random generator and is applied by the fast rewrite too
+        lo, hi = cfg["output_bounds"]
+        tf = m.transform
+        a = fast.tile(2, 0)
+        y = (np.arcsinh((a.astype(np.float64) - tf.offset - fast.noise.generate(2, 0, a.shape[1])) / tf.scale) / tf.out_scale) if fast.noise else None
+        assert y is not None and y.min() > lo - 1e-4 and y.max() < hi + 1e-4
+        assert y.max() > hi - 0.25 and y.min() < lo + 0.25
 
 
 def test_tiles_join_into_one_continuous_convolution(model):

@@ -1,5 +1,6 @@
 """Networks (paper, section 3.1) and the streaming-generator contract generation relies on."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -70,3 +71,54 @@ def test_streaming_generator_is_translation_equivariant_with_finite_margin():
 def test_model_config_round_trip():
     cfg = ModelConfig(**SMALL, spectral_norm=True)
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_soft_bound_is_a_smooth_clamp():
+    from crab.model import soft_bound
+
+    lo, hi, w = -3.0, 6.0, 0.5
+    y = torch.linspace(-50, 50, 200001, dtype=torch.float64)
+    out = soft_bound(y, lo, hi, w)
+    mid = (y >= lo + w) & (y <= hi - w)
+    assert torch.equal(out[mid], y[mid])  # identity in the middle
+    assert out.min() >= lo and out.max() <= hi  # never beyond the bounds
+    assert out.min() < lo + 0.01 and out.max() > hi - 0.01  # but saturates at them
+    near = (y > lo - 5) & (y < hi + 5)
+    assert torch.all(torch.diff(out[near]) > 0)  # strictly increasing near the range: nothing merged
+    slope = torch.diff(out) / torch.diff(y)
+    assert torch.max(torch.abs(torch.diff(slope))) < 1e-3  # continuous derivative at the knees
+    yn = y.numpy().astype(np.float32)
+    np.testing.assert_allclose(soft_bound(yn, lo, hi, w), out.numpy(), rtol=1e-6, atol=1e-6)
+    assert soft_bound(yn, lo, hi, w).dtype == np.float32
+
+
+def test_generator_output_bound():
+    lo, hi = -1.5, 2.0
+    cfg = ModelConfig(**{**SMALL, "output_bounds": (lo, hi)})
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    g = Generator(cfg)
+    free = Generator(ModelConfig(**SMALL))
+    free.load_state_dict(g.state_dict())  # the bound adds no parameters: old models load unchanged
+    with torch.no_grad():
+        g.head.bias.fill_(50.0)
+        free.head.bias.fill_(50.0)
+        z = torch.randn(g.latent_shape(3, 8))
+        assert free(z).max() > 40  # unbounded output
+        y = g(z)
+        assert y.max() <= hi and y.max() > hi - 1e-3
+        g.head.bias.fill_(-50.0)
+        assert g(z).min() >= lo
+    with pytest.raises(ValueError):
+        ModelConfig(**{**SMALL, "output_bounds": (0.0, 0.5)})  # narrower than the two knees
+
+
+def test_discriminator_diff_channel():
+    cfg = ModelConfig(**{**SMALL, "discriminator_diff": True})
+    d = Discriminator(cfg)
+    assert d.features[0].in_channels == 2
+    x = torch.randn(3, 1, 64)
+    assert d(x).shape == (3,)
+    # the added channel is the first difference: a constant offset changes only the raw channel's input
+    with torch.no_grad():
+        d.features[0].weight[:, 0].zero_()
+        torch.testing.assert_close(d(x), d(x + 5.0))

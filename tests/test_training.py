@@ -283,3 +283,52 @@ def test_quality_statistic_ranks_generators(synthetic_tod):
     same = quality_floor(w(a), w(b), sigma)
     worse, parts = sample_quality(w(a), w(c), sigma)
     assert same < 0.5 * worse and parts["n_glitch"] > 0.2
+
+
+def test_drift_penalty_option(source, tmp_path):
+    a = _weights(source, tmp_path, "dr0", **BASE, loss="wgan-gp", drift_weight=0.0)
+    b = _weights(source, tmp_path, "dr1", **BASE, loss="wgan-gp", drift_weight=1.0)
+    assert _changed(a["discriminator"], b["discriminator"])
+    with pytest.raises(InputError):
+        TrainConfig(drift_weight=-1.0)
+
+
+def test_output_bound_is_the_training_range_plus_margin(source, tmp_path):
+    from crab.dataset import prepare_training_data
+
+    r = _train(source, tmp_path / "b", output_bound_margin=0.3)
+    from crab.transform import AmplitudeTransform
+
+    data = prepare_training_data([source], window_samples=64, transform=AmplitudeTransform.from_dict(load_checkpoint(tmp_path / "b")["transform"]))
+    lo = min(float(s.min()) for s in data.train)
+    hi = max(float(s.max()) for s in data.train)
+    m = load_model(tmp_path / "b")
+    assert m.model_config.output_bounds == pytest.approx((lo - 0.3, hi + 0.3))
+    assert load_checkpoint(tmp_path / "b")["model_config"]["output_bounds"] == pytest.approx([lo - 0.3, hi + 0.3])
+    with torch.no_grad():
+        m.generator.head.bias.fill_(1e3)  # a wild generator stays inside the bound
+        y = m.generator(torch.randn(m.generator.latent_shape(2, 12)))
+    assert float(y.max()) <= hi + 0.3 + 1e-5
+    assert r.epochs_done == 1
+    _train(source, tmp_path / "nb", output_bound_margin=None)
+    assert load_model(tmp_path / "nb").model_config.output_bounds is None
+
+
+def test_feature_matching_option(source, tmp_path):
+    from crab.training import feature_matching_loss
+
+    real = torch.randn(16, 1, 64)
+    assert float(feature_matching_loss(real[torch.randperm(16)], real)) == pytest.approx(0.0, abs=1e-12)  # order of windows irrelevant
+    fake = (1.5 * real).requires_grad_(True)
+    loss = feature_matching_loss(fake, real)
+    assert float(loss.detach()) > 0.1
+    loss.backward()
+    assert fake.grad.abs().sum() > 0
+    peaky = real.clone()
+    peaky[:, 0, 10] += 5.0  # higher glitches: the window max differs
+    assert float(feature_matching_loss(peaky, real)) > 1.0
+    a = _weights(source, tmp_path, "fm0", **BASE, loss="wgan-gp", feature_weight=0.0)
+    b = _weights(source, tmp_path, "fm1", **BASE, loss="wgan-gp", feature_weight=1.0)
+    assert _changed(a["generator"], b["generator"])
+    with pytest.raises(InputError):
+        TrainConfig(feature_weight=-0.1)

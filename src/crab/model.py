@@ -79,6 +79,20 @@ class ModelConfig:
     minibatch_std : bool
         Append the minibatch standard deviation as a feature before the
         discriminator's dense layer (counters mode collapse).
+    output_bounds : tuple of float or None
+        ``(lo, hi)`` in the transformed amplitude space: the generator's output
+        goes through :func:`soft_bound`, the identity in the middle that
+        saturates smoothly at ``lo`` and ``hi`` (set by the trainer from the
+        range of the training data plus a margin).  The inverse transform is a
+        ``sinh``, so an unbounded output far outside the training range became
+        an exponentially large outlier in TOD units.  None: no bound.
+    output_bound_width : float
+        Width of the smooth knee of :func:`soft_bound` (transformed units).
+    discriminator_diff : bool
+        Feed the discriminator the first differences of each window as extra
+        input channels (``x[n] - x[n-1]``, 0 at the first sample): a direct
+        view of the sample-to-sample (high-frequency) noise and of glitch
+        rise times.
     """
 
     window_samples: int = 256
@@ -93,11 +107,21 @@ class ModelConfig:
     cond_dim: int = 0
     spectral_norm: bool = False
     minibatch_std: bool = True
+    output_bounds: tuple[float, float] | None = None
+    output_bound_width: float = 0.5
+    discriminator_diff: bool = True
     n_upsample: int = field(default=4, init=False)
 
     def __post_init__(self) -> None:
         self.generator_channels = tuple(int(c) for c in self.generator_channels)
         self.discriminator_channels = tuple(int(c) for c in self.discriminator_channels)
+        if self.output_bounds is not None:
+            lo, hi = (float(b) for b in self.output_bounds)
+            self.output_bounds = (lo, hi)
+            if not (math.isfinite(lo) and math.isfinite(hi) and hi - lo > 2 * self.output_bound_width):
+                raise ValueError(f"output_bounds must be finite with hi - lo > 2 * output_bound_width ({self.output_bound_width}), got {self.output_bounds}")
+        if not (self.output_bound_width > 0 and math.isfinite(self.output_bound_width)):
+            raise ValueError(f"output_bound_width must be > 0, got {self.output_bound_width}")
         if self.generator_arch not in ("streaming", "paper"):
             raise ValueError(f"generator_arch must be 'streaming' or 'paper', got {self.generator_arch!r}")
         if self.generator_arch == "streaming" and (self.noise_dim < 0 or self.noise_dim % self.upsample_factor or self.noise_dim >= self.latent_dim):
@@ -126,6 +150,7 @@ class ModelConfig:
         d.pop("n_upsample")
         d["generator_channels"] = list(self.generator_channels)
         d["discriminator_channels"] = list(self.discriminator_channels)
+        d["output_bounds"] = None if self.output_bounds is None else list(self.output_bounds)
         return d
 
     @classmethod
@@ -133,6 +158,28 @@ class ModelConfig:
         d = dict(d)
         d.pop("n_upsample", None)
         return cls(**d)
+
+
+def soft_bound(y, lo: float, hi: float, width: float):
+    """Smooth asymmetric clamp of ``y`` (numpy array or torch tensor) into ``(lo, hi)``.
+
+    The identity on ``[lo + width, hi - width]``; beyond the knees
+    ``a + width * tanh((y - a) / width)`` (``a`` the knee), continuous with a
+    continuous first derivative, strictly increasing, and never reaching
+    ``lo`` or ``hi``.
+    """
+    a, b = hi - width, lo + width
+    if isinstance(y, torch.Tensor):
+        up = a + width * torch.tanh((y - a) / width)
+        down = b + width * torch.tanh((y - b) / width)
+        return torch.where(y > a, up, torch.where(y < b, down, y))
+    import numpy as np
+
+    y = np.asarray(y)
+    w = y.dtype.type(width) if y.dtype.kind == "f" else width
+    out = np.where(y > a, a + w * np.tanh((y - a) / w), y)
+    out = np.where(y < b, b + w * np.tanh((y - b) / w), out)
+    return out.astype(y.dtype, copy=False)
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -228,7 +275,14 @@ class Generator(nn.Module):
             h = stage(h, noise if i == len(self.stages) - 1 else None)
         if cond is not None:
             h = torch.cat([h, cond[:, :, None].expand(-1, -1, h.shape[-1])], 1)
-        return self.head(h)
+        return self.bound(self.head(h))
+
+    def bound(self, y: torch.Tensor) -> torch.Tensor:
+        """The output bound (:func:`soft_bound` with ``cfg.output_bounds``; identity when None)."""
+        if self.cfg.output_bounds is None:
+            return y
+        lo, hi = self.cfg.output_bounds
+        return soft_bound(y, lo, hi, self.cfg.output_bound_width)
 
     def latent_shape(self, batch: int, n_latent_steps: int | None = None) -> tuple[int, ...]:
         """Shape of the latent input for ``batch`` windows (or tiles of ``n_latent_steps``)."""
@@ -254,7 +308,7 @@ class Discriminator(nn.Module):
         ch, k, s = cfg.discriminator_channels, cfg.kernel_size, cfg.leaky_slope
         sn = nn.utils.parametrizations.spectral_norm if cfg.spectral_norm else (lambda m: m)
         layers: list[nn.Module] = []
-        c_in = cfg.out_channels + cfg.cond_dim
+        c_in = cfg.out_channels * (2 if cfg.discriminator_diff else 1) + cfg.cond_dim
         for c in ch:
             layers += [sn(nn.Conv1d(c_in, c, k, stride=2, padding=k // 2)), nn.GroupNorm(1, c), nn.LeakyReLU(s)]
             c_in = c
@@ -267,6 +321,8 @@ class Discriminator(nn.Module):
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         if x.ndim != 3 or x.shape[-1] != self.cfg.window_samples:
             raise ValueError(f"discriminator expects (batch, {self.cfg.out_channels}, {self.cfg.window_samples}), got {tuple(x.shape)}")
+        if self.cfg.discriminator_diff:
+            x = torch.cat([x, torch.nn.functional.pad(torch.diff(x, dim=-1), (1, 0))], 1)
         if cond is not None:
             x = torch.cat([x, cond[:, :, None].expand(-1, -1, x.shape[-1])], 1)
         h = self.features(x)
