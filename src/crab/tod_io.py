@@ -225,21 +225,25 @@ class TodWriter:
         self.meta = meta
         self.n_samples_expected = n_samples
         self._tmp = _temporary_path(self.path)
-        self._file = h5py.File(self._tmp, "w")
-        n_det = meta.n_detectors
-        chunk = (1, int(max(1, min(chunk_samples, n_samples or chunk_samples))))
-        if n_samples is not None:
-            self._dset = self._file.create_dataset(
-                "tod", shape=(n_det, int(n_samples)), dtype=np.float32, chunks=chunk, compression=compression
-            )
-        else:
-            self._dset = self._file.create_dataset(
-                "tod", shape=(n_det, 0), maxshape=(n_det, None), dtype=np.float32, chunks=chunk, compression=compression
-            )
-        self._dset.attrs["units"] = meta.units
-        self._write_attrs()
-        self.n_written = 0
         self._closed = False
+        self.n_written = 0
+        self._file = h5py.File(self._tmp, "w")
+        try:  # anything (even a signal turned into an exception) from here on removes the temporary file
+            n_det = meta.n_detectors
+            chunk = (1, int(max(1, min(chunk_samples, n_samples or chunk_samples))))
+            if n_samples is not None:
+                self._dset = self._file.create_dataset(
+                    "tod", shape=(n_det, int(n_samples)), dtype=np.float32, chunks=chunk, compression=compression
+                )
+            else:
+                self._dset = self._file.create_dataset(
+                    "tod", shape=(n_det, 0), maxshape=(n_det, None), dtype=np.float32, chunks=chunk, compression=compression
+                )
+            self._dset.attrs["units"] = meta.units
+            self._write_attrs()
+        except BaseException:
+            self.abort()
+            raise
 
     def _write_attrs(self) -> None:
         a = self._file.attrs
