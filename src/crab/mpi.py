@@ -45,6 +45,7 @@ one ordinary file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -234,16 +235,11 @@ def write_root_attrs(f: h5py.File, meta: tod_io.TodMetadata) -> None:
 
 
 def _tile_meta(meta: tod_io.TodMetadata, tile: Tile) -> tod_io.TodMetadata:
-    return tod_io.TodMetadata(
-        sampling_rate_hz=meta.sampling_rate_hz,
+    """Metadata of one rank's tile: its detectors and its start time, the rest unchanged."""
+    return dataclasses.replace(
+        meta,
         detectors=meta.detectors[tile.det_start : tile.det_stop],
         start_time_s=meta.start_time_s + tile.sample_start / meta.sampling_rate_hz,
-        units=meta.units,
-        kind=meta.kind,
-        config=meta.config,
-        seed=meta.seed,
-        crab_version=meta.crab_version,
-        description=meta.description,
     )
 
 
