@@ -870,6 +870,13 @@ def as_generator(model, seed: int, **kw: Any) -> TodGenerator:
     return TodGenerator(model, seed, **kw)
 
 
+def _plan(model, seed: int, duration_s: float, start_s: float, gen_kw: dict[str, Any]) -> tuple[TodGenerator, int, int]:
+    """The generator and the sample range ``(start_sample, n_samples)`` of a run."""
+    gen = as_generator(model, seed, **gen_kw)
+    fs = gen.sampling_rate_hz
+    return gen, samples_for(start_s, fs, what="start", allow_zero=True), samples_for(duration_s, fs)
+
+
 def samples_for(duration_s: float, sampling_rate_hz: float, *, what: str = "duration", allow_zero: bool = False) -> int:
     """Number of samples for ``duration_s`` at ``sampling_rate_hz`` (rounded to the nearest)."""
     if not (duration_s >= 0 and math.isfinite(duration_s)):
@@ -930,10 +937,7 @@ def stream_checksum(
 
     Same arguments as :func:`generate_to_file` without the output.
     """
-    gen = as_generator(model, seed, **gen_kw)
-    fs = gen.sampling_rate_hz
-    n = samples_for(duration_s, fs)
-    s0 = samples_for(start_s, fs, what="start", allow_zero=True)
+    gen, s0, n = _plan(model, seed, duration_s, start_s, gen_kw)
     return _run(gen, n_detectors, s0, n, lambda c0, c: None, chunk_samples=chunk_samples, progress=progress, desc="generate (checksum)")
 
 
@@ -954,10 +958,7 @@ def stream_raw(
     Chunk by chunk, each chunk C-ordered (n_detectors, n): for one detector,
     simply the series.
     """
-    gen = as_generator(model, seed, **gen_kw)
-    fs = gen.sampling_rate_hz
-    n = samples_for(duration_s, fs)
-    s0 = samples_for(start_s, fs, what="start", allow_zero=True)
+    gen, s0, n = _plan(model, seed, duration_s, start_s, gen_kw)
 
     def sink(c0: int, chunk: np.ndarray) -> None:
         out.write(np.ascontiguousarray(chunk, dtype="<f4").tobytes())
@@ -1020,10 +1021,8 @@ def generate_to_file(
         raise InputError(f"output file {path} exists (use overwrite / --overwrite to replace it)")
     if not path.parent.exists():
         raise InputError(f"output folder {path.parent} does not exist")
-    gen = as_generator(model, seed, **gen_kw)
+    gen, s0, n = _plan(model, seed, duration_s, start_s, gen_kw)
     fs = gen.sampling_rate_hz
-    n = samples_for(duration_s, fs)
-    s0 = samples_for(start_s, fs, what="start", allow_zero=True)
     n_det = len(gen._rows(n_detectors))
     names = list(detector_names) if detector_names is not None else default_detector_names(n_det)
     if len(names) != n_det:

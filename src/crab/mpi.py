@@ -215,23 +215,7 @@ def part_name(rank: int) -> str:
     return f"part-{rank:04d}.h5"
 
 
-def write_root_attrs(f: h5py.File, meta: tod_io.TodMetadata) -> None:
-    """Root attributes and ``/tod`` units exactly as :class:`crab.tod_io.TodWriter` writes them."""
-    a = f.attrs
-    a["format"] = tod_io.FORMAT_NAME
-    a["format_version"] = tod_io.FORMAT_VERSION
-    a["sampling_rate_hz"] = meta.sampling_rate_hz
-    a["start_time_s"] = meta.start_time_s
-    a["start_time"] = meta.start_time_s
-    a["units"] = meta.units
-    a["detectors"] = json.dumps(meta.detectors)
-    a["kind"] = meta.kind
-    a["config"] = json.dumps(meta.config, sort_keys=True, default=tod_io._json_default)
-    a["seed"] = -1 if meta.seed is None else int(meta.seed)
-    a["crab_version"] = meta.crab_version
-    a["description"] = meta.description
-    if "tod" in f:
-        f["tod"].attrs["units"] = meta.units
+write_root_attrs = tod_io.write_root_attrs  # the single writer of the layout's attributes
 
 
 def _tile_meta(meta: tod_io.TodMetadata, tile: Tile) -> tod_io.TodMetadata:

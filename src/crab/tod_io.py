@@ -180,6 +180,25 @@ def default_detector_names(n_detectors: int, wafer: str = "W00") -> list[str]:
 
 
 # --------------------------------------------------------------------------- writing
+def write_root_attrs(f: h5py.File, meta: TodMetadata) -> None:
+    """Write the root attributes of the layout (see module docstring) and the units of ``/tod``, if present."""
+    a = f.attrs
+    a["format"] = FORMAT_NAME
+    a["format_version"] = FORMAT_VERSION
+    a["sampling_rate_hz"] = meta.sampling_rate_hz
+    a["start_time_s"] = meta.start_time_s
+    a["start_time"] = meta.start_time_s
+    a["units"] = meta.units
+    a["detectors"] = json.dumps(meta.detectors)
+    a["kind"] = meta.kind
+    a["config"] = json.dumps(meta.config, sort_keys=True, default=_json_default)
+    a["seed"] = -1 if meta.seed is None else int(meta.seed)
+    a["crab_version"] = meta.crab_version
+    a["description"] = meta.description
+    if "tod" in f:
+        f["tod"].attrs["units"] = meta.units
+
+
 def _temporary_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
@@ -239,27 +258,10 @@ class TodWriter:
                 self._dset = self._file.create_dataset(
                     "tod", shape=(n_det, 0), maxshape=(n_det, None), dtype=np.float32, chunks=chunk, compression=compression
                 )
-            self._dset.attrs["units"] = meta.units
-            self._write_attrs()
+            write_root_attrs(self._file, meta)
         except BaseException:
             self.abort()
             raise
-
-    def _write_attrs(self) -> None:
-        a = self._file.attrs
-        m = self.meta
-        a["format"] = FORMAT_NAME
-        a["format_version"] = FORMAT_VERSION
-        a["sampling_rate_hz"] = m.sampling_rate_hz
-        a["start_time_s"] = m.start_time_s
-        a["start_time"] = m.start_time_s
-        a["units"] = m.units
-        a["detectors"] = json.dumps(m.detectors)
-        a["kind"] = m.kind
-        a["config"] = json.dumps(m.config, sort_keys=True, default=_json_default)
-        a["seed"] = -1 if m.seed is None else int(m.seed)
-        a["crab_version"] = m.crab_version
-        a["description"] = m.description
 
     @property
     def dataset(self) -> h5py.Dataset:
