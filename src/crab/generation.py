@@ -82,7 +82,7 @@ from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 
-from . import rng
+from . import interrupt, rng
 from .tod_io import TodChecksum, file_checksum, tod_checksum  # noqa: F401  (re-exported)
 from .errors import InputError, ModelCompatibilityError
 from .noise import NoiseGenerator
@@ -780,6 +780,7 @@ class TodGenerator:
                                 buf[i, a - c0 : e - c0] = tile[r, a - t * T : e - t * T]
                         a = e
                         if e == c1:
+                            interrupt.check()  # a stop signal swallowed by a callback still stops the run
                             yield c0, buf
                             c0 = c1
                             if c0 < stop:

@@ -49,7 +49,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from . import rng
+from . import interrupt, rng
 from .deposit import WaferConfig, deposit_hits, sample_positions
 from .errors import InputError
 from .noise import NoiseGenerator, NoiseParams
@@ -580,6 +580,7 @@ class MonteCarloSimulator:
             t0 = self._position / self.fs
             ev, _ = self._events_between(t0, (self._position + n) / self.fs)
             self._position += n
+            interrupt.check()  # a stop signal swallowed by a callback still stops the run
             yield tod, ev
 
     def _take(self, n: int) -> np.ndarray:

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__, rng
+from . import __version__, interrupt, rng
 from .dataset import DEFAULT_WINDOW_SAMPLES, TodSource, TrainingData, WindowSampler, load_tod_sources, prepare_training_data
 from .errors import InputError, ModelCompatibilityError
 from .history import History
@@ -641,6 +641,7 @@ def _run(cfg: TrainConfig, mcfg: ModelConfig, data: TrainingData, sources, out: 
         D.train()
         stats = _Mean()
         for step in range(n_d_steps):
+            interrupt.check()  # a stop signal swallowed by a callback still stops training
             # -- discriminator step: real crops against the generator's current output
             real = sampler.sample(B, gen)
             with torch.no_grad():

@@ -60,8 +60,11 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``crab`` console script."""
+    from ..interrupt import stop_on_signals
+
     try:
-        rv = cli.main(args=argv, prog_name="crab", standalone_mode=False)
+        with stop_on_signals():  # SIGTERM and ^C stop a run cleanly: temporary files are removed
+            rv = cli.main(args=argv, prog_name="crab", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

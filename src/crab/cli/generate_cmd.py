@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 
@@ -29,14 +28,6 @@ def _parse_cond(values: tuple[str, ...], names: list[str]) -> list[float] | None
     if missing or extra:
         raise InputError(f"the model's conditioning inputs are {names}; got {sorted(got)}")
     return [got[n] for n in names]
-
-
-class _Terminated(KeyboardInterrupt):
-    pass
-
-
-def _raise_terminated(signum, frame):  # noqa: ARG001
-    raise _Terminated()
 
 
 @click.command("generate")
@@ -120,19 +111,15 @@ def generate(model_path, method, fit_path, save_template, duration, detectors, s
         from .. import mpi
 
         mpi.require_serial("--checksum-only" if checksum_only else "--out -")
-    old = signal.signal(signal.SIGTERM, _raise_terminated)  # a terminated run cleans up like ^C
-    try:
-        if checksum_only:
-            stats = G.stream_checksum(gen, duration, detectors, seed, start_s=start, chunk_samples=chunk_samples, progress=progress)
-            click.echo(stats.checksum)
-        elif out == "-":
-            stats = G.stream_raw(gen, sys.stdout.buffer, duration, detectors, seed, start_s=start, chunk_samples=chunk_samples, progress=progress)
-        else:
-            stats = G.generate_to_file(
-                gen, out_path, duration, detectors, seed, start_s=start, chunk_samples=chunk_samples, overwrite=overwrite, progress=progress, run_config=run_config
-            )
-    finally:
-        signal.signal(signal.SIGTERM, old)
+    if checksum_only:
+        stats = G.stream_checksum(gen, duration, detectors, seed, start_s=start, chunk_samples=chunk_samples, progress=progress)
+        click.echo(stats.checksum)
+    elif out == "-":
+        stats = G.stream_raw(gen, sys.stdout.buffer, duration, detectors, seed, start_s=start, chunk_samples=chunk_samples, progress=progress)
+    else:
+        stats = G.generate_to_file(
+            gen, out_path, duration, detectors, seed, start_s=start, chunk_samples=chunk_samples, overwrite=overwrite, progress=progress, run_config=run_config
+        )
     if G.is_root_process():
         where = f" -> {stats.path}" if stats.path else ""
         click.echo(f"{gen.kind}: {stats.summary()}{where}", err=True)
