@@ -250,8 +250,9 @@ def test_conditioning_values_are_checked(tmp_path):
     m = load_model(make_model_dir(tmp_path, cond_dim=1))
     with pytest.raises(InputError, match="conditioned"):
         TodGenerator(m, 0)
-    with pytest.raises(InputError, match="outside the trained range"):
+    with pytest.raises(InputError, match="outside the range the model was trained on"):
         TodGenerator(m, 0, cond=[3.0])
+    TodGenerator(m, 0, cond=[3.0], allow_extrapolation=True)
     a = TodGenerator(m, 0, cond=[0.5]).generate(1, 0, 5000)
     b = TodGenerator(m, 0, cond=[1.2]).generate(1, 0, 5000)
     assert not np.array_equal(a, b)

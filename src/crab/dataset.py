@@ -46,6 +46,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .conditions import COND_KEYS, cond_name
 from .errors import FileFormatError, InputError
 from .noise import NoiseParams, fit_noise_params, highpass
 from .transform import AmplitudeTransform, robust_sigma
@@ -65,6 +66,10 @@ class TodSource:
     detectors : list of str
     path : Path
     units : str
+    cond : dict of str to float
+        Physical conditions of the whole file that a conditioned model can
+        learn (:data:`COND_KEYS`; e.g. ``phi_gv`` of a ``crab simulate`` file,
+        read from its configuration).
     """
 
     tod: np.ndarray
@@ -72,6 +77,21 @@ class TodSource:
     detectors: list[str]
     path: Path
     units: str = "pW"
+    cond: dict[str, float] = field(default_factory=dict)
+
+
+def _conditions(config: dict, where: str) -> dict[str, float]:
+    out = {}
+    for k in COND_KEYS:
+        if k in config:
+            try:
+                v = float(np.asarray(config[k]).reshape(()))
+            except (TypeError, ValueError):
+                raise FileFormatError(f"{where}: {k} must be one number, got {config[k]!r}") from None
+            if not np.isfinite(v):
+                raise InputError(f"{where}: {k} is not finite ({v!r})")
+            out[k] = v
+    return out
 
 
 def _load_npz(p: Path) -> TodSource:
@@ -84,6 +104,7 @@ def _load_npz(p: Path) -> TodSource:
             rate = np.asarray(z["sampling_rate_hz"])
             dets = [str(d) for d in z["detectors"]] if "detectors" in keys else None
             units = str(z["units"]) if "units" in keys else "pW"
+            cond = _conditions({k: z[k] for k in COND_KEYS if k in keys}, str(p))
     except FileFormatError:
         raise
     except Exception as exc:  # zipfile / pickle / value errors of a corrupt file
@@ -98,7 +119,7 @@ def _load_npz(p: Path) -> TodSource:
     tod = np.atleast_2d(tod).astype(np.float32)
     if dets is None or len(dets) != tod.shape[0]:
         dets = [f"D{i:03d}" for i in range(tod.shape[0])]
-    return TodSource(tod=tod, sampling_rate_hz=rate, detectors=dets, path=p, units=units)
+    return TodSource(tod=tod, sampling_rate_hz=rate, detectors=dets, path=p, units=units, cond=cond)
 
 
 def load_tod_source(path: str | os.PathLike) -> TodSource:
@@ -127,7 +148,10 @@ def load_tod_source(path: str | os.PathLike) -> TodSource:
             if p.suffix.lower() not in (".h5", ".hdf5", ".hdf"):
                 raise FileFormatError(f"{p}: unsupported training data (expected a crab HDF5 TOD file or a .npz with 'tod' and 'sampling_rate_hz'): {exc}") from None
             raise
-        src = TodSource(tod=f.tod, sampling_rate_hz=f.meta.sampling_rate_hz, detectors=list(f.meta.detectors), path=p, units=f.meta.units or "pW")
+        src = TodSource(
+            tod=f.tod, sampling_rate_hz=f.meta.sampling_rate_hz, detectors=list(f.meta.detectors), path=p, units=f.meta.units or "pW",
+            cond=_conditions(f.meta.config or {}, str(p)),
+        )
     if src.tod.size == 0 or src.tod.shape[1] == 0:
         raise InputError(f"{p}: the TOD is empty")
     bad = ~np.isfinite(src.tod)
@@ -194,7 +218,13 @@ class TrainingData:
     detectors : list of str
     units : str
     files : list of dict
-        Path, detectors and samples of every input file (provenance).
+        Path, detectors, samples and conditions of every input file (provenance).
+    cond_names : list of str
+        Conditions the model is trained on (empty: unconditioned).
+    cond_range : list of (float, float)
+        Range of each condition over the training files.
+    train_cond, val_cond : ndarray, shape (n_series, len(cond_names))
+        Raw condition values of each training / validation series.
     """
 
     train: list[np.ndarray]
@@ -209,6 +239,10 @@ class TrainingData:
     detectors: list[str]
     units: str = "pW"
     files: list[dict] = field(default_factory=list)
+    cond_names: list[str] = field(default_factory=list)
+    cond_range: list[tuple[float, float]] = field(default_factory=list)
+    train_cond: np.ndarray | None = None
+    val_cond: np.ndarray | None = None
 
     @property
     def n_train_samples(self) -> int:
@@ -225,6 +259,14 @@ class TrainingData:
     def train_windows(self, stride: int | None = None, max_windows: int | None = None) -> np.ndarray:
         """Fixed training windows (for reference statistics), transformed space."""
         return fixed_windows(self.train, self.window_samples, stride or self.window_samples // 2, max_windows)
+
+    def val_windows_cond(self, stride: int | None = None, max_windows: int | None = None) -> np.ndarray:
+        """Raw condition values (n, len(cond_names)) of the windows of :meth:`val_windows`."""
+        return _window_rows(self.val, self.val_cond, self.window_samples, stride or self.window_samples // 2, max_windows)
+
+    def train_windows_cond(self, stride: int | None = None, max_windows: int | None = None) -> np.ndarray:
+        """Raw condition values (n, len(cond_names)) of the windows of :meth:`train_windows`."""
+        return _window_rows(self.train, self.train_cond, self.window_samples, stride or self.window_samples // 2, max_windows)
 
 
 def default_highpass_hz(sampling_rate_hz: float, window_samples: int) -> float:
@@ -246,6 +288,7 @@ def prepare_training_data(
     transform_noise_multiple: float = 2.0,
     transform: AmplitudeTransform | None = None,
     noise_params: NoiseParams | None = None,
+    cond_names: Sequence[str] = (),
 ) -> TrainingData:
     """Split, high-pass and transform the sources (see the module docstring).
 
@@ -266,6 +309,9 @@ def prepare_training_data(
         Linear range of the asinh transform, in robust noise RMS.
     transform, noise_params : optional
         Use these instead of fitting (when resuming a run).
+    cond_names : sequence of str
+        Conditions to train on (:data:`COND_KEYS`); every source must carry
+        them (``TodSource.cond``) and together they must span a range.
     """
     if not sources:
         raise InputError("no training data given")
@@ -279,6 +325,18 @@ def prepare_training_data(
         raise InputError(f"highpass_hz must be in [0, {rate / 2:g}) Hz (Nyquist), got {highpass_hz}")
     if channels != 1 and any(s.tod.shape[0] != channels for s in sources):
         raise InputError(f"joint generation of {channels} channels needs every file to have {channels} detectors, got {[s.tod.shape[0] for s in sources]}")
+    cond_names = [cond_name(c) for c in cond_names]
+    if len(set(cond_names)) != len(cond_names):
+        raise InputError(f"conditions named twice: {cond_names}")
+    for s in sources:
+        missing = [c for c in cond_names if c not in s.cond]
+        if missing:
+            raise InputError(f"{s.path}: conditioned training needs {missing} for every file, but this file does not record it (a `crab simulate` file records phi_gv; a .npz needs a 'phi_gv' scalar)")
+    file_cond = np.array([[s.cond[c] for c in cond_names] for s in sources], dtype=np.float64).reshape(len(sources), len(cond_names))
+    cond_range = [(float(file_cond[:, j].min()), float(file_cond[:, j].max())) for j in range(len(cond_names))]
+    flat = [c for c, (lo, hi) in zip(cond_names, cond_range) if not hi > lo]
+    if flat:
+        raise InputError(f"conditioned training needs files at several values of {flat}; all files have {[file_cond[0, cond_names.index(c)] for c in flat]}")
 
     raw_train, raw_val = [], []
     for s in sources:
@@ -296,29 +354,36 @@ def prepare_training_data(
 
     # The high-pass removes the slow drifts but keeps the mean level of the training TOD
     # (glitch pile-up makes it positive): generation adds zero-mean low-frequency noise only.
-    level = float(np.mean([r.mean() for r in raw_train]))
+    # With conditions, the level is that of the files at the same condition (pile-up grows with the flux).
+    means = np.array([r.mean() for r in raw_train])
+    levels = [float(means[(file_cond == file_cond[j]).all(axis=1)].mean()) for j in range(len(sources))]
 
-    def hp(x: np.ndarray) -> np.ndarray:
+    def hp(x: np.ndarray, level: float) -> np.ndarray:
         return (highpass(x, rate, highpass_hz) if highpass_hz else x - x.mean(axis=-1, keepdims=True)) + level
 
-    hp_train = [hp(r) for r in raw_train]
-    hp_val = [hp(r) for r in raw_val]
+    hp_train = [hp(r, lv) for r, lv in zip(raw_train, levels)]
+    hp_val = [hp(r, lv) for r, lv in zip(raw_val, levels)]
     pooled = np.concatenate([h.reshape(-1) for h in hp_train])
     if transform is None:
         transform = AmplitudeTransform.fit(pooled, noise_multiple=transform_noise_multiple)
     sigma = float(np.median([robust_sigma(row) for h in hp_train for row in h]))
 
-    def to_series(parts: list[np.ndarray]) -> list[np.ndarray]:
-        out = []
-        for h in parts:
+    def to_series(parts: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+        out, cond = [], []
+        for j, h in enumerate(parts):
             y = transform.forward(h.astype(np.float64)).astype(np.float32)
-            out.extend([y[i : i + 1] for i in range(y.shape[0])] if channels == 1 else [y])
-        return out
+            rows = [y[i : i + 1] for i in range(y.shape[0])] if channels == 1 else [y]
+            out.extend(rows)
+            cond.extend([file_cond[j]] * len(rows))
+        return out, np.array(cond, dtype=np.float64).reshape(len(out), len(cond_names))
+
+    train_series, train_cond = to_series(hp_train)
+    val_series, val_cond = to_series(hp_val)
 
     dets = list(sources[0].detectors) if channels != 1 else [d for s in sources for d in s.detectors]
     return TrainingData(
-        train=to_series(hp_train),
-        val=to_series(hp_val),
+        train=train_series,
+        val=val_series,
         transform=transform,
         noise_params=noise_params,
         noise_sigma=sigma,
@@ -328,24 +393,37 @@ def prepare_training_data(
         channels=channels,
         detectors=list(dict.fromkeys(dets)),
         units=sources[0].units,
-        files=[{"path": str(s.path), "n_detectors": int(s.tod.shape[0]), "n_samples": int(s.tod.shape[1]), "sampling_rate_hz": s.sampling_rate_hz} for s in sources],
+        files=[{"path": str(s.path), "n_detectors": int(s.tod.shape[0]), "n_samples": int(s.tod.shape[1]), "sampling_rate_hz": s.sampling_rate_hz, "cond": dict(s.cond)} for s in sources],
+        cond_names=cond_names,
+        cond_range=cond_range,
+        train_cond=train_cond,
+        val_cond=val_cond,
     )
 
 
 # --------------------------------------------------------------------------- windows
-def fixed_windows(series: Sequence[np.ndarray], window_samples: int, stride: int, max_windows: int | None = None) -> np.ndarray:
-    """All windows at ``stride`` of every series, shape (n, channels, window_samples)."""
-    out = []
-    for s in series:
-        n = s.shape[-1]
-        for start in range(0, n - window_samples + 1, stride):
-            out.append(s[:, start : start + window_samples])
-    if not out:
+def _window_index(series: Sequence[np.ndarray], window_samples: int, stride: int, max_windows: int | None) -> list[tuple[int, int]]:
+    """(series, start) of the windows :func:`fixed_windows` returns, in its order."""
+    idx = [(k, start) for k, s in enumerate(series) for start in range(0, s.shape[-1] - window_samples + 1, stride)]
+    if not idx:
         raise InputError(f"no window of {window_samples} samples fits in the series")
-    w = np.stack(out).astype(np.float32)
-    if max_windows is not None and len(w) > max_windows:
-        w = w[np.linspace(0, len(w) - 1, max_windows).round().astype(int)]
-    return w
+    if max_windows is not None and len(idx) > max_windows:
+        idx = [idx[i] for i in np.linspace(0, len(idx) - 1, max_windows).round().astype(int)]
+    return idx
+
+
+def fixed_windows(series: Sequence[np.ndarray], window_samples: int, stride: int, max_windows: int | None = None) -> np.ndarray:
+    """All windows at ``stride`` of every series, shape (n, channels, window_samples);
+    ``max_windows`` keeps an evenly spaced subset."""
+    idx = _window_index(series, window_samples, stride, max_windows)
+    return np.stack([series[k][:, a : a + window_samples] for k, a in idx]).astype(np.float32)
+
+
+def _window_rows(series: Sequence[np.ndarray], per_series: np.ndarray | None, window_samples: int, stride: int, max_windows: int | None) -> np.ndarray:
+    """Rows of ``per_series`` (n_series, m) for the windows of :func:`fixed_windows` (m = 0 when None)."""
+    idx = _window_index(series, window_samples, stride, max_windows)
+    table = np.zeros((len(series), 0)) if per_series is None else np.asarray(per_series, dtype=np.float64)
+    return table[[k for k, _ in idx]]
 
 
 class WindowDataset(torch.utils.data.Dataset):
@@ -383,8 +461,12 @@ class WindowSampler:
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` random windows, shape (n, channels, window_samples)."""
+        return self.sample_with_series(n, generator)[0]
+
+    def sample_with_series(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` random windows (n, channels, window_samples) and the index of the series of each (n,)."""
         u = torch.randint(0, self.n_starts, (n,), generator=generator)
         which = torch.searchsorted(self.cum_starts, u, right=True) - 1
         offs = u - self.cum_starts[which]
         w = self.window_samples
-        return torch.stack([self.series[int(k)][:, int(o) : int(o) + w] for k, o in zip(which, offs)])
+        return torch.stack([self.series[int(k)][:, int(o) : int(o) + w] for k, o in zip(which, offs)]), which

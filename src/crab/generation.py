@@ -196,21 +196,33 @@ class TileSource:
         """What defines the bytes (for the run record)."""
         return {}
 
+    def check_span(self, start_sample: int, stop_sample: int) -> None:
+        """Raise :class:`InputError` if ``[start_sample, stop_sample)`` cannot be generated."""
+
 
 class _Unsupported(Exception):
     pass
 
 
+def torch_from_numpy(a: np.ndarray):
+    """``torch.from_numpy`` (torch imported lazily: template generation runs without it)."""
+    import torch
+
+    return torch.from_numpy(a)
+
+
 class _FastStreamingNet:
     """The streaming generator rewritten for inference (see the module docstring).
 
-    ``run(z)`` maps latents (n_steps, latent_dim) (channels-last) to the
+    ``run(z, cond)`` maps latents (n_steps, latent_dim) (channels-last) to the
     generator output (n_out, out_channels) over the *valid* range: output row
     ``i`` is output sample ``offset + i`` of the module run on ``z`` (with
-    ``offset = self.offset`` samples).
+    ``offset = self.offset`` samples).  Constant conditioning inputs
+    (normalised, :func:`crab.model.normalize_cond`) only shift the biases of
+    the layers that receive them, so they are applied per call.
     """
 
-    def __init__(self, gen, cond: np.ndarray | None) -> None:
+    def __init__(self, gen) -> None:
         import torch
         from torch import nn
 
@@ -221,7 +233,7 @@ class _FastStreamingNet:
             raise _Unsupported("generator not in eval mode")
         mods = list(gen.stem) + [m for st in gen.stages for m in st] + [gen.head]
         n_cond = int(cfg.cond_dim)
-        cvec = None if n_cond == 0 else np.asarray(cond, dtype=np.float64).reshape(n_cond)
+        self.n_cond = n_cond
         f = int(cfg.upsample_factor)
         self.f = f
         self.noise_dim = int(getattr(gen, "noise_dim", 0) or 0)
@@ -250,11 +262,12 @@ class _FastStreamingNet:
                 b = np.zeros(w.shape[0]) if m.bias is None else m.bias.detach().to(torch.float64).numpy().copy()
                 is_head = m is gen.head
                 n_extra = w.shape[1] - c_prev
+                bc = None
                 if n_cond and (first_conv or is_head):
-                    # constant conditioning channels (last inputs): a constant bias on valid outputs
+                    # constant conditioning channels (last inputs): on valid outputs a bias bc @ cond
                     if n_extra != (0 if first_conv else n_cond):
                         raise _Unsupported("unexpected conditioning channels")
-                    b = b + np.einsum("oik,i->o", w[:, -n_cond:, :], cvec)
+                    bc = w[:, -n_cond:, :].sum(axis=2)  # (out, n_cond)
                     w = w[:, :-n_cond, :]
                     n_extra = 0
                 w_noise = None
@@ -266,7 +279,7 @@ class _FastStreamingNet:
                 elif n_noise and pending_up and m is gen.stages[-1][1]:
                     raise _Unsupported("noise channels missing from the last stage")
                 first_conv = False
-                layers.append({"w": w, "b": b, "up": pending_up, "act": None, "w_noise": w_noise})
+                layers.append({"w": w, "b": b, "bc": bc, "up": pending_up, "act": None, "w_noise": w_noise})
                 pending_up = False
                 c_prev = w.shape[0]
             elif isinstance(m, nn.BatchNorm1d):
@@ -278,6 +291,8 @@ class _FastStreamingNet:
                 if L["w_noise"] is not None:
                     L["w_noise"] = L["w_noise"] * s[:, None, None]
                 L["b"] = (L["b"] - m.running_mean.double().numpy()) * s + m.bias.detach().double().numpy()
+                if L["bc"] is not None:
+                    L["bc"] = L["bc"] * s[:, None]
             elif isinstance(m, nn.LeakyReLU):
                 if not layers or layers[-1]["act"] is not None:
                     raise _Unsupported("activation not after a convolution")
@@ -320,11 +335,12 @@ class _FastStreamingNet:
                         raise _Unsupported("noise channels not at full resolution")
                     noise_left = left  # first input position, in units of this layer's input rate
                 bias = np.concatenate([L["b"], L["b"]])
+                bc = None if L["bc"] is None else np.concatenate([L["bc"], L["bc"]])
                 left, right = 2 * (left - o_lo), 2 * (right + o_hi)
                 rate *= 2
             else:
                 W = np.stack([w[:, :, j].T for j in range(k)])
-                bias = L["b"]
+                bias, bc = L["b"], L["bc"]
                 left, right = left + h, right + h
             if i == len(layers) - 1 and not L["up"] and k * c_out <= 16:
                 # output layer with few channels: one product against all taps at once
@@ -333,13 +349,13 @@ class _FastStreamingNet:
                 n_cols = 8 if k * c_out <= 8 else 16
                 Wcat = np.zeros((c_in, n_cols))
                 Wcat[:, : k * c_out] = np.concatenate([W[j] for j in range(k)], axis=1)
-                self.layers.append(("diag", torch.from_numpy(Wcat.astype(np.float32)), bias.astype(np.float32), L["act"], k))
+                self.layers.append(("diag", torch.from_numpy(Wcat.astype(np.float32)), (bias, bias.astype(np.float32), bc), L["act"], k))
                 continue
             self.layers.append(
                 (
                     "taps",
                     [torch.from_numpy(np.ascontiguousarray(W[i], dtype=np.float32)) for i in range(W.shape[0])],
-                    torch.from_numpy(bias.astype(np.float32)),
+                    (bias, torch.from_numpy(bias.astype(np.float32)), bc),
                     L["act"],
                     L["up"],
                     noise_left,
@@ -354,10 +370,25 @@ class _FastStreamingNet:
         bounds = getattr(cfg, "output_bounds", None)
         self.bound = None if bounds is None else (float(bounds[0]), float(bounds[1]), float(cfg.output_bound_width))
 
-    def run(self, z) -> np.ndarray:
-        """Valid outputs for latents ``z`` (torch (n_steps, latent_dim)): float32 numpy (out_channels, n_out)."""
+    @staticmethod
+    def _bias(spec: tuple, cond: np.ndarray | None):
+        """The layer's float32 bias: fixed, or shifted by the conditions (bias + bc @ cond)."""
+        bias64, bias32, bc = spec
+        if bc is None:
+            return bias32
+        if cond is None:
+            raise ValueError("this generator is conditioned: give cond")
+        b = (bias64 + bc @ cond).astype(np.float32)
+        return b if isinstance(bias32, np.ndarray) else torch_from_numpy(b)
+
+    def run(self, z, cond: np.ndarray | None = None) -> np.ndarray:
+        """Valid outputs for latents ``z`` (torch (n_steps, latent_dim)): float32 numpy (out_channels, n_out).
+
+        ``cond``: normalised condition values (cond_dim,) of this stretch, for a conditioned generator."""
         import torch
         import torch.nn.functional as F
+
+        c = None if cond is None else np.asarray(cond, dtype=np.float64).reshape(self.n_cond)
 
         nd = self.noise_dim
         noise = None
@@ -374,7 +405,8 @@ class _FastStreamingNet:
             h = z
         for mode, *spec in self.layers:
             if mode == "taps":
-                taps, bias, act, up, noise_left = spec
+                taps, bspec, act, up, noise_left = spec
+                bias = self._bias(bspec, c)
                 if noise_left is not None:
                     h = torch.cat([h, noise[noise_left : noise_left + h.shape[0]]], 1)
                 n = h.shape[0] - len(taps) + 1
@@ -385,7 +417,8 @@ class _FastStreamingNet:
                     F.leaky_relu_(out, act) if act > 0 else F.relu_(out)
                 h = out.view(2 * n, out.shape[1] // 2) if up else out
             else:
-                Wcat, bias, act, k = spec
+                Wcat, bspec, act, k = spec
+                bias = self._bias(bspec, c)
                 P = torch.mm(h, Wcat).numpy()
                 n = P.shape[0] - k + 1
                 C = bias.shape[0]
@@ -408,6 +441,31 @@ class _FastStreamingNet:
         return np.ascontiguousarray(soft_bound(y, *self.bound), dtype=np.float32)
 
 
+def _schedule_for(model, cond, allow_extrapolation: bool):
+    """The :class:`~crab.conditions.ConditionSchedule` of a run (None for an unconditioned model)."""
+    from .conditions import ConditionSchedule, check_in_range
+
+    names = list(model.cond_names or [])
+    n_cond = int(model.model_config.cond_dim)
+    if not n_cond:
+        if cond is not None and not (isinstance(cond, (list, tuple, np.ndarray)) and len(cond) == 0):
+            raise InputError("the model is not conditioned; do not give conditions (--phi, --phi-schedule, --cond)")
+        return None
+    if cond is None:
+        raise InputError(f"the model is conditioned on {names}: give their values (e.g. --phi VALUE or --phi-schedule FILE)")
+    if not isinstance(cond, ConditionSchedule):
+        if isinstance(cond, dict):
+            cond = ConditionSchedule.constant(cond)
+        else:
+            vals = np.asarray(cond, dtype=np.float64).reshape(-1)
+            if vals.size != n_cond:
+                raise InputError(f"the model needs {n_cond} condition value(s) {names}, got {vals.size}")
+            cond = ConditionSchedule.constant(dict(zip(names, vals)))
+    cond = cond.ordered(names)
+    check_in_range(cond, model.cond_range, allow_extrapolation=allow_extrapolation)
+    return cond
+
+
 class GanSource(TileSource):
     """Tiles of a trained GAN (streaming or paper architecture), in TOD units.
 
@@ -415,8 +473,13 @@ class GanSource(TileSource):
     ----------
     model : TrainedModel
     seed : int
-    cond : sequence of float, optional
-        Conditioning values (one per ``model.cond_names``), constant over the run.
+    cond : ConditionSchedule, dict or sequence of float, optional
+        Conditions of a conditioned model: a schedule in time
+        (:class:`crab.conditions.ConditionSchedule`), a ``{name: value}``
+        dict or values in the order of ``model.cond_names`` (constants).
+        Each tile is generated at the schedule's value at its middle sample.
+    allow_extrapolation : bool
+        Accept conditions outside the trained range (otherwise an error).
     tile_latents : int
         Latent steps per tile (streaming architecture).
     backend : str
@@ -426,9 +489,9 @@ class GanSource(TileSource):
 
     kind = "gan"
 
-    def __init__(self, model, seed: int, *, cond: Sequence[float] | None = None, tile_latents: int = DEFAULT_TILE_LATENTS, backend: str = "auto") -> None:
-        import torch
-
+    def __init__(
+        self, model, seed: int, *, cond=None, allow_extrapolation: bool = False, tile_latents: int = DEFAULT_TILE_LATENTS, backend: str = "auto"
+    ) -> None:
         self.model = model
         self.seed = rng.check_seed(seed)
         self.gen = model.generator.eval()
@@ -437,22 +500,7 @@ class GanSource(TileSource):
         self.sampling_rate_hz = float(model.sampling_rate_hz)
         self.units = model.units
         self.rows = int(cfg.out_channels)
-        n_cond = int(cfg.cond_dim)
-        if n_cond:
-            if cond is None:
-                raise InputError(f"the model is conditioned on {model.cond_names or n_cond} inputs: give their values (cond)")
-            cvals = np.asarray(cond, dtype=np.float64).reshape(-1)
-            if cvals.size != n_cond:
-                raise InputError(f"the model needs {n_cond} conditioning values {model.cond_names}, got {cvals.size}")
-            for name, v, r in zip(model.cond_names or [""] * n_cond, cvals, model.cond_range or [None] * n_cond):
-                if r is not None and not (r[0] <= v <= r[1]):
-                    raise InputError(f"conditioning value {name}={v:g} outside the trained range [{r[0]:g}, {r[1]:g}]")
-            self.cond = cvals
-        else:
-            if cond is not None and len(cond):
-                raise InputError("the model is not conditioned; do not give conditioning values")
-            self.cond = None
-        self._cond_t = None if self.cond is None else torch.from_numpy(self.cond.astype(np.float32))[None]
+        self.schedule = _schedule_for(model, cond, allow_extrapolation)
         tf = model.transform
         self._tf = (float(tf.offset), float(tf.scale), float(tf.out_scale))
         self.streaming = bool(getattr(self.gen, "streaming", cfg.generator_arch == "streaming"))
@@ -475,7 +523,7 @@ class GanSource(TileSource):
                 raise InputError(f"backend must be 'auto', 'fast' or 'module', got {backend!r}")
             if backend != "module":
                 try:
-                    fast = _FastStreamingNet(self.gen, self.cond)
+                    fast = _FastStreamingNet(self.gen)
                     if fast.offset > self.f * self.margin or fast.right_loss > self.f * self.margin:
                         raise _Unsupported("receptive field wider than margin_latents")
                     self._check_fast(fast)
@@ -509,9 +557,10 @@ class GanSource(TileSource):
 
         n = 48 + 2 * self.margin
         z = latent_sequence(stream_key(0, "gan_latent", 0), 0, n, self.cfg.latent_dim)
+        c = None if self.schedule is None else np.linspace(-1.0, 1.0, len(self.schedule.names))  # any values do
         with torch.inference_mode():
-            ref = self.gen(torch.from_numpy(z.T.copy())[None], self._cond_t)[0]  # (channels, samples)
-            out = fast.run(torch.from_numpy(z))
+            ref = self.gen(torch.from_numpy(z.T.copy())[None], self._cond_tensor(c))[0]  # (channels, samples)
+            out = fast.run(torch.from_numpy(z), c)
         lo, hi = self.f * self.margin, self.f * (n - self.margin)
         a = ref[:, lo:hi].numpy()
         b = out[:, lo - fast.offset : hi - fast.offset]
@@ -543,10 +592,34 @@ class GanSource(TileSource):
         for r in range(self.rows):
             out[r] += self.noise.generate(key * self.rows + r, t * self.tile_samples, self.tile_samples)
 
+    def tile_cond(self, t: int) -> np.ndarray | None:
+        """Normalised conditions of tile ``t`` (the schedule at its middle sample), or None."""
+        if self.schedule is None:
+            return None
+        from .model import normalize_cond
+
+        mid_s = (t * self.tile_samples + 0.5 * (self.tile_samples - 1)) / self.sampling_rate_hz
+        return normalize_cond(self.schedule.values_at(mid_s, clamp=True), self.model.cond_range)
+
+    @staticmethod
+    def _cond_tensor(c: np.ndarray | None, batch: int = 1):
+        if c is None:
+            return None
+        import torch
+
+        return torch.from_numpy(np.asarray(c, dtype=np.float32).reshape(1, -1)).expand(batch, -1)
+
+    def check_span(self, start_sample: int, stop_sample: int) -> None:
+        """Raise if the schedule does not cover the times of samples ``[start_sample, stop_sample)``."""
+        if self.schedule is None or stop_sample <= start_sample:
+            return
+        self.schedule.check_span(start_sample / self.sampling_rate_hz, (stop_sample - 1) / self.sampling_rate_hz)
+
     # ---------------------------------------------------------------- tiles
     def tile(self, key: int, t: int) -> np.ndarray:
         import torch
 
+        c = self.tile_cond(t)
         if self.streaming:
             n = self.tile_latents + 2 * self.margin
             z = torch.from_numpy(latent_sequence(self._key(key), t * self.tile_latents - self.margin, n, self.cfg.latent_dim))
@@ -554,16 +627,16 @@ class GanSource(TileSource):
             with torch.inference_mode():
                 if self._fast is not None:
                     a = lo - self._fast.offset
-                    y = self._fast.run(z)[:, a : a + self.tile_samples]
+                    y = self._fast.run(z, c)[:, a : a + self.tile_samples]
                 else:
-                    y = self.gen(z.T.contiguous()[None], self._cond_t)[0, :, lo : lo + self.tile_samples].numpy()
+                    y = self.gen(z.T.contiguous()[None], self._cond_tensor(c))[0, :, lo : lo + self.tile_samples].numpy()
             out = self._inverse(np.ascontiguousarray(y, dtype=np.float32))
         else:
-            out = self._paper_tile(key, t)
+            out = self._paper_tile(key, t, c)
         self._add_noise(out, key, t)
         return out
 
-    def _paper_tile(self, key: int, t: int) -> np.ndarray:
+    def _paper_tile(self, key: int, t: int, c: np.ndarray | None) -> np.ndarray:
         """Overlapping independent windows joined by an equal-power cross-fade (approximate joins)."""
         import torch
 
@@ -571,8 +644,7 @@ class GanSource(TileSource):
         w0 = (t * self.tile_samples) // H - 1  # window w covers samples [w*H, w*H + W)
         zs = latent_sequence(self._key(key), w0, self.n_windows, self.cfg.latent_dim)
         with torch.inference_mode():
-            cond = None if self._cond_t is None else self._cond_t.expand(self.n_windows, -1)
-            y = self.gen(torch.from_numpy(zs), cond).numpy()  # (n_windows, rows, W)
+            y = self.gen(torch.from_numpy(zs), self._cond_tensor(c, self.n_windows)).numpy()  # (n_windows, rows, W)
         y = self._inverse(np.array(y, dtype=np.float32)) - np.float32(self._tf[0])
         out = np.empty((self.rows, self.tile_samples), np.float32)
         s0 = t * self.tile_samples
@@ -600,7 +672,7 @@ class GanSource(TileSource):
             "backend": self.backend,
             "latents": "Philox(key of rng.generator(seed, 'gan_latent', detector), counter = latent step) + Box-Muller float32",
             "lf_noise": None if self._noise_args is None else {"stream": "gan_noise", "lowpass_hz": self._noise_args[4]},
-            "cond": None if self.cond is None else dict(zip(self.model.cond_names or [], map(float, self.cond))),
+            "cond": None if self.schedule is None else self.schedule.to_dict(),
         }
         if self.streaming:
             d.update(tile_latents=self.tile_latents, margin_latents=self.margin)
@@ -647,8 +719,10 @@ class TodGenerator:
         What to generate with (see :func:`load_generation_model`).
     seed : int
         User seed; with the detector key and the position it determines every sample.
-    cond : sequence of float, optional
-        Conditioning values for a conditioned GAN.
+    cond : ConditionSchedule, dict or sequence of float, optional
+        Conditions of a conditioned GAN (see :class:`GanSource`).
+    allow_extrapolation : bool
+        Accept conditions outside the trained range.
     n_workers : int, optional
         Worker threads computing tiles (default: the CPUs available).  Does
         not change the output.
@@ -665,14 +739,26 @@ class TodGenerator:
     on which other detectors are generated with it.
     """
 
-    def __init__(self, model, seed: int, *, cond: Sequence[float] | None = None, n_workers: int | None = None, tile_latents: int = DEFAULT_TILE_LATENTS, backend: str = "auto") -> None:
+    def __init__(
+        self,
+        model,
+        seed: int,
+        *,
+        cond=None,
+        allow_extrapolation: bool = False,
+        n_workers: int | None = None,
+        tile_latents: int = DEFAULT_TILE_LATENTS,
+        backend: str = "auto",
+    ) -> None:
         self.seed = rng.check_seed(seed)
         ms = sys.modules.get("crab.modelstore")  # a TrainedModel exists only if modelstore (and torch) was imported
         if isinstance(model, TileSource):
             self.source = model
         elif ms is not None and isinstance(model, ms.TrainedModel):
-            self.source = GanSource(model, self.seed, cond=cond, tile_latents=tile_latents, backend=backend)
+            self.source = GanSource(model, self.seed, cond=cond, allow_extrapolation=allow_extrapolation, tile_latents=tile_latents, backend=backend)
         else:
+            if cond is not None:
+                raise InputError("conditions (--phi, --phi-schedule, --cond) apply to conditioned GAN models only")
             from .template import TemplateModel, TemplateSource
 
             if not isinstance(model, TemplateModel):
@@ -734,6 +820,7 @@ class TodGenerator:
         rows = self._rows(detectors)
         keys = list(dict.fromkeys(k for k, _ in rows))
         src = self.source
+        src.check_span(start_sample, start_sample + n_samples)
         src.prepare(len(keys))
         T = self.tile_samples
         stop = start_sample + n_samples
@@ -875,7 +962,9 @@ def _plan(model, seed: int, duration_s: float, start_s: float, gen_kw: dict[str,
     """The generator and the sample range ``(start_sample, n_samples)`` of a run."""
     gen = as_generator(model, seed, **gen_kw)
     fs = gen.sampling_rate_hz
-    return gen, samples_for(start_s, fs, what="start", allow_zero=True), samples_for(duration_s, fs)
+    s0, n = samples_for(start_s, fs, what="start", allow_zero=True), samples_for(duration_s, fs)
+    gen.source.check_span(s0, s0 + n)  # before any output is opened
+    return gen, s0, n
 
 
 def samples_for(duration_s: float, sampling_rate_hz: float, *, what: str = "duration", allow_zero: bool = False) -> int:
@@ -1011,7 +1100,7 @@ def generate_to_file(
     run_config : dict, optional
         Extra entries for the run record (``config`` attribute).
     **gen_kw
-        ``cond``, ``n_workers``, ``tile_latents``, ``backend`` (:class:`TodGenerator`).
+        ``cond``, ``allow_extrapolation``, ``n_workers``, ``tile_latents``, ``backend`` (:class:`TodGenerator`).
     """
     from . import __version__
     from .provenance import run_record
@@ -1025,7 +1114,12 @@ def generate_to_file(
     gen, s0, n = _plan(model, seed, duration_s, start_s, gen_kw)
     fs = gen.sampling_rate_hz
     n_det = len(gen._rows(n_detectors))
-    names = list(detector_names) if detector_names is not None else default_detector_names(n_det)
+    if detector_names is not None:
+        names = list(detector_names)
+    elif gen.source.rows > 1:  # a joint (wafer) model: key = wafer, row = detector of the wafer
+        names = [f"W{k:02d}_D{r:03d}" for k, r in gen._rows(n_detectors)]
+    else:
+        names = default_detector_names(n_det)
     if len(names) != n_det:
         raise InputError(f"{len(names)} detector names for {n_det} detectors")
     model_path = getattr(gen.model, "path", None)

@@ -85,11 +85,20 @@ class CosmicRayParams:
         Worker threads of the generator built from a model (default: the CPUs
         available).  Under MPI with several ranks per node, set it to the cores
         per rank to avoid oversubscription; it never changes the output.
+    cond : ConditionSchedule or dict, optional
+        Conditions of a phi-conditioned model: ``{"phi_gv": 0.7}`` or a
+        :class:`crab.conditions.ConditionSchedule` whose times are on the
+        observations' time axis (``start_time_s`` / ``Observation.start_time_global``
+        in seconds, the axis of the absolute sample index).
+    allow_extrapolation : bool
+        Accept conditions outside the model's trained range.
     """
 
     conversion_factor: float | Mapping[str, float] = 1.0
     chunk_samples: int = 1 << 20
     n_workers: int | None = None
+    cond: Any = None
+    allow_extrapolation: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.conversion_factor, Mapping):
@@ -150,14 +159,14 @@ def detector_keys(names: Iterable[str]) -> list[int]:
     return [rng.detector_key(str(n)) for n in names]
 
 
-def make_source(model: Any, seed: int, sampling_rate_hz: float, *, n_workers: int | None = None) -> TodSource:
+def make_source(model: Any, seed: int, sampling_rate_hz: float, *, n_workers: int | None = None, cond: Any = None, allow_extrapolation: bool = False) -> TodSource:
     """A slice-exact generator for ``model`` with ``seed`` at ``sampling_rate_hz``.
 
     ``model`` may be
 
     * a trained model directory (path), a :class:`crab.modelstore.TrainedModel`
       or a :class:`crab.template.TemplateModel`: wrapped in
-      :class:`crab.generation.TodGenerator` ``(model, seed, n_workers=n_workers)``;
+      :class:`crab.generation.TodGenerator` ``(model, seed, cond=cond, n_workers=n_workers)``;
     * a ready generator with ``generate(detector_keys, start_sample, n_samples)``
       (a :class:`~crab.generation.TodGenerator`, or ``generate_many`` like
       :class:`crab.noise.NoiseGenerator`): it carries its own seed, which must
@@ -187,7 +196,7 @@ def make_source(model: Any, seed: int, sampling_rate_hz: float, *, n_workers: in
     else:
         from .generation import TodGenerator  # noqa: PLC0415
 
-        source = TodGenerator(model, seed, n_workers=n_workers)
+        source = TodGenerator(model, seed, cond=cond, allow_extrapolation=allow_extrapolation, n_workers=n_workers)
     rate = getattr(source, "output_rate_hz", getattr(source, "sampling_rate_hz", None))
     if rate is not None and not np.isclose(float(rate), float(sampling_rate_hz), rtol=1e-9, atol=0):
         raise InputError(f"the model generates {float(rate):g} Hz TOD, but the TOD is sampled at {float(sampling_rate_hz):g} Hz; use a model trained at that rate")
@@ -271,7 +280,7 @@ def add_cosmic_rays(
     """
     params = params or CosmicRayParams()
     tod = np.asarray(tod)
-    source = make_source(model, seed, sampling_rate_hz, n_workers=params.n_workers)
+    source = make_source(model, seed, sampling_rate_hz, n_workers=params.n_workers, cond=params.cond, allow_extrapolation=params.allow_extrapolation)
     _add_block(tod, [str(n) for n in detector_names], source, absolute_start_sample(start_time_s, sampling_rate_hz), params)
     return tod
 
@@ -339,7 +348,7 @@ def apply_cosmic_rays_to_observations(
             continue
         fs = float(obs.sampling_rate_hz)
         if fs not in sources:
-            sources[fs] = make_source(model, user_seed, fs, n_workers=params.n_workers)
+            sources[fs] = make_source(model, user_seed, fs, n_workers=params.n_workers, cond=params.cond, allow_extrapolation=params.allow_extrapolation)
         names = [str(n) for n in np.atleast_1d(obs.name)]
         _add_block(tod, names, sources[fs], observation_start_sample(obs), params)
 

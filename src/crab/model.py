@@ -27,7 +27,8 @@ Two generator architectures are available (``ModelConfig.generator_arch``):
     independent, so long TOD needs overlapping windows joined by a cross-fade.
 
 Conditioning inputs (e.g. the solar modulation potential ``phi``) enter both
-networks as extra constant channels when ``cond_dim > 0``.
+networks as extra constant channels when ``cond_dim > 0``, scaled by
+:func:`normalize_cond` to [-1, 1] over the trained range.
 """
 
 from __future__ import annotations
@@ -35,8 +36,27 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
+
+
+def normalize_cond(values, cond_range) -> np.ndarray:
+    """Raw condition values (..., n_cond) -> the networks' input scale: -1 .. 1 over ``cond_range``.
+
+    Parameters
+    ----------
+    values : array_like, shape (..., n_cond)
+        Physical values (e.g. ``phi_gv`` in GV).
+    cond_range : sequence of (float, float)
+        Trained range of each condition (``TrainedModel.cond_range``).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    r = np.asarray(cond_range, dtype=np.float64).reshape(-1, 2)
+    if v.shape[-1:] != (len(r),):
+        raise ValueError(f"expected {len(r)} condition value(s) per row, got shape {v.shape}")
+    lo, hi = r[:, 0], r[:, 1]
+    return 2.0 * (v - lo) / np.where(hi > lo, hi - lo, 1.0) - 1.0
 
 
 @dataclass

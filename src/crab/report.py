@@ -66,6 +66,9 @@ def describe(m: "MetricResult") -> str:
             return f"KS D {fmt(g('ks_distance'), 2)} (n {g('n_reference')} / {g('n_synthetic')})"
         if m.name == "coincidence_rate":
             return f"ref {fmt(g('rate_reference'))} ± {fmt(g('rate_reference_error'), 2)}, syn {fmt(g('rate_synthetic'))} ± {fmt(g('rate_synthetic_error'), 2)} per h"
+        if m.name == "detector_correlation":
+            r, s_ = np.asarray(g("reference"), float), np.asarray(g("synthetic"), float)
+            return f"mean pair correlation ref {fmt(r[0])}, syn {fmt(s_[0])}" if r.size else ""
         if m.name == "noise_rms":
             r, s_ = np.mean(g("reference")), np.mean(g("synthetic"))
             return f"mean ref {fmt(r)}, syn {fmt(s_)} (ratio {fmt(s_ / r if r else np.nan)})"

@@ -55,10 +55,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__, interrupt, rng
-from .dataset import DEFAULT_WINDOW_SAMPLES, TodSource, TrainingData, WindowSampler, load_tod_sources, prepare_training_data
+from .dataset import DEFAULT_WINDOW_SAMPLES, cond_name, TodSource, TrainingData, WindowSampler, load_tod_sources, prepare_training_data
 from .errors import InputError, ModelCompatibilityError
 from .history import History
-from .model import Discriminator, Generator, ModelConfig
+from .model import Discriminator, Generator, ModelConfig, normalize_cond
 from .modelstore import save_model
 from .noise import NoiseParams
 from .progress import bar
@@ -151,6 +151,19 @@ class TrainConfig:
         Seed of every random stream of the run.
     num_threads : int or None
         Torch CPU threads (None: torch's default).
+    condition_on : tuple of str
+        Conditions both networks receive (``("phi_gv",)``: the solar
+        modulation potential recorded in every training file).  The
+        generator's fake windows take the conditions of the real windows of
+        the same step, so the model learns the data's conditional
+        distribution at every trained value and interpolates between them.
+    joint_detectors : bool
+        Generate all detectors of a file jointly (one multi-channel window per
+        wafer), so that common-mode wafer glitches appear simultaneously;
+        every file must have the same number of detectors.  The generator's
+        full-rate noise channels (``ModelConfig.noise_dim``) are multiplied by
+        the number of detectors (and ``latent_dim`` grown to match), so that
+        each detector has its own white-noise source.
 
     Defaults
     --------
@@ -229,6 +242,8 @@ class TrainConfig:
     bn_calibration_batches: int = 16
     seed: int = 1
     num_threads: int | None = None
+    condition_on: tuple[str, ...] = ()
+    joint_detectors: bool = False
 
     @classmethod
     def paper(cls, **overrides: Any) -> "TrainConfig":
@@ -239,11 +254,16 @@ class TrainConfig:
         return cls(**{**kw, **overrides})
 
     def __post_init__(self) -> None:
+        self.condition_on = tuple(cond_name(c) for c in self.condition_on)
         self.d_betas = tuple(float(b) for b in self.d_betas)
         self.g_betas = tuple(float(b) for b in self.g_betas)
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.windows_per_epoch >= self.batch_size, f"windows_per_epoch ({self.windows_per_epoch}) must be >= batch_size ({self.batch_size})"),
+            (
+                self.windows_per_epoch >= self.batch_size * self.d_steps_per_g_step,
+                f"windows_per_epoch ({self.windows_per_epoch}) must be >= batch_size x d_steps_per_g_step ({self.batch_size} x {self.d_steps_per_g_step}) "
+                "so that every epoch has a generator step",
+            ),
             (self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}"),
             (self.loss in ("bce", "wgan-gp"), f"loss must be 'bce' or 'wgan-gp', got {self.loss!r}"),
             (self.d_pretrain_epochs >= 0, f"d_pretrain_epochs must be >= 0, got {self.d_pretrain_epochs}"),
@@ -319,19 +339,22 @@ def _latents(G: Generator, n: int, gen: torch.Generator) -> torch.Tensor:
     return torch.randn(G.latent_shape(n, steps), generator=gen)
 
 
-def generate_windows(G: Generator, z: torch.Tensor) -> torch.Tensor:
-    """Generator output cropped to the central window, as generation does (no edge effects learned)."""
-    x = G(z)
+def generate_windows(G: Generator, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    """Generator output cropped to the central window, as generation does (no edge effects learned).
+
+    ``cond`` (batch, cond_dim): normalised conditions (:func:`crab.model.normalize_cond`)."""
+    x = G(z, cond)
     if G.streaming:
         m = G.margin_latents * G.cfg.upsample_factor
         x = x[..., m : m + G.cfg.window_samples]
     return x
 
 
-def calibrate_batchnorm(G: Generator, n_batches: int, batch_size: int, seed: int) -> Generator:
+def calibrate_batchnorm(G: Generator, n_batches: int, batch_size: int, seed: int, cond_pool: torch.Tensor | None = None) -> Generator:
     """A copy of ``G`` in eval mode whose BN running statistics are the exact
     average over ``n_batches`` fixed latent batches (cumulative moving average),
-    so that eval mode (used at generation) reproduces the training-mode output."""
+    so that eval mode (used at generation) reproduces the training-mode output.
+    A conditioned generator gets conditions drawn from ``cond_pool`` (n, cond_dim)."""
     g = copy.deepcopy(G)
     bns = [m for m in g.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for m in bns:
@@ -341,7 +364,9 @@ def calibrate_batchnorm(G: Generator, n_batches: int, batch_size: int, seed: int
     g.train()
     with torch.no_grad():
         for _ in range(n_batches):
-            g(_latents(g, batch_size, gen))
+            z = _latents(g, batch_size, gen)
+            c = None if cond_pool is None else cond_pool[torch.randint(0, len(cond_pool), (batch_size,), generator=gen)]
+            g(z, c)
     for m in bns:
         m.momentum = 0.1
     return g.eval()
@@ -351,11 +376,12 @@ def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
 
 
-def gradient_penalty(D: Discriminator, real: torch.Tensor, fake: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """WGAN-GP: ``E[(|grad D(x_mix)| - 1)^2]`` on random mixes of real and fake."""
+def gradient_penalty(D: Discriminator, real: torch.Tensor, fake: torch.Tensor, gen: torch.Generator, cond: torch.Tensor | None = None) -> torch.Tensor:
+    """WGAN-GP: ``E[(|grad D(x_mix)| - 1)^2]`` on random mixes of real and fake (same conditions)."""
     eps = torch.rand(real.shape[0], 1, 1, generator=gen)
     mix = (eps * real + (1 - eps) * fake).requires_grad_(True)
-    (grad,) = torch.autograd.grad(D(mix).sum(), mix, create_graph=True)
+    score = D(mix) if cond is None else D(mix, cond)
+    (grad,) = torch.autograd.grad(score.sum(), mix, create_graph=True)
     return ((grad.flatten(1).norm(dim=1) - 1.0) ** 2).mean()
 
 
@@ -541,9 +567,17 @@ def train(
     cfg = train_config or (TrainConfig.from_dict(ck["train_config"]) if ck else TrainConfig())
     if model_config is None:
         model_config = ModelConfig.from_dict(ck["model_config"]) if ck else ModelConfig()
-    if model_config.cond_dim:
-        raise InputError("conditioned training (cond_dim > 0) is not supported by `crab train` yet")
-    mcfg = dataclasses.replace(model_config, window_samples=cfg.window_samples)
+    n_cond = len(cfg.condition_on)
+    n_ch = int(sources[0].tod.shape[0]) if cfg.joint_detectors else 1
+    if model_config.cond_dim not in (0, n_cond):
+        raise InputError(f"model_config.cond_dim is {model_config.cond_dim} but training is conditioned on {list(cfg.condition_on)}; set condition_on instead")
+    if model_config.out_channels not in (1, n_ch):
+        raise InputError(f"model_config.out_channels is {model_config.out_channels}; use joint_detectors to generate the detectors of a file jointly")
+    if n_ch > 1 and model_config.out_channels == 1 and model_config.generator_arch == "streaming":
+        # one set of full-rate noise channels per detector, so white noise is not common to the wafer
+        extra = model_config.noise_dim * (n_ch - 1)
+        model_config = dataclasses.replace(model_config, noise_dim=model_config.noise_dim * n_ch, latent_dim=model_config.latent_dim + extra)
+    mcfg = dataclasses.replace(model_config, window_samples=cfg.window_samples, cond_dim=n_cond, out_channels=n_ch)
     _prepare_out_dir(out, resume, overwrite)
     data_ = prepare_training_data(
         sources,
@@ -554,6 +588,7 @@ def train(
         transform_noise_multiple=cfg.transform_noise_multiple,
         transform=AmplitudeTransform.from_dict(ck["transform"]) if ck else None,
         noise_params=NoiseParams(**ck["noise_params"]) if ck else None,
+        cond_names=cfg.condition_on,
     )
     if cfg.output_bound_margin is not None:
         mcfg = dataclasses.replace(mcfg, output_bounds=output_bounds(data_, cfg.output_bound_margin))
@@ -592,11 +627,20 @@ def _run(cfg: TrainConfig, mcfg: ModelConfig, data: TrainingData, sources, out: 
     # ---- data
     sampler = WindowSampler(data.train, W)
     val_real = torch.as_tensor(data.val_windows(max_windows=cfg.val_windows))
+    # conditions, normalised for the networks: per training series, per validation window
+    cond_pool = val_cond = None
+    if data.cond_names:
+        cond_pool = torch.as_tensor(normalize_cond(data.train_cond, data.cond_range), dtype=torch.float32)
+        val_cond = torch.as_tensor(normalize_cond(data.val_windows_cond(max_windows=cfg.val_windows), data.cond_range), dtype=torch.float32)
     val_real_tod = tf.inverse(val_real.numpy().astype(np.float64))
     n_ref = min(len(val_real), cfg.quality_windows)
     floor = quality_floor(val_real_tod, tf.inverse(data.train_windows(max_windows=n_ref).astype(np.float64)), data.noise_sigma)
     z_val = _latents(G, len(val_real), torch.Generator().manual_seed(_seed_from(cfg.seed, 4)))
     z_quality = _latents(G, cfg.quality_windows, torch.Generator().manual_seed(_seed_from(cfg.seed, 3)))
+    q_cond = None if val_cond is None else val_cond[torch.arange(cfg.quality_windows) % len(val_cond)]  # as the validation windows
+
+    def part(c: torch.Tensor | None, i: int) -> torch.Tensor | None:
+        return None if c is None else c[i : i + B]
 
     # ---- state (fresh or resumed)
     history = History(meta={"quality_floor": floor, "loss": cfg.loss, "n_val_windows": len(val_real), "n_quality_windows": cfg.quality_windows})
@@ -643,14 +687,15 @@ def _run(cfg: TrainConfig, mcfg: ModelConfig, data: TrainingData, sources, out: 
         for step in range(n_d_steps):
             interrupt.check()  # a stop signal swallowed by a callback still stops training
             # -- discriminator step: real crops against the generator's current output
-            real = sampler.sample(B, gen)
+            real, which = sampler.sample_with_series(B, gen)
+            c = None if cond_pool is None else cond_pool[which]  # fakes take the conditions of the real batch
             with torch.no_grad():
-                fake = generate_windows(G, _latents(G, B, gen))
-            lr, lf = D(real), D(fake)
+                fake = generate_windows(G, _latents(G, B, gen), c)
+            lr, lf = D(real, c), D(fake, c)
             d_loss, g_loss_now = d_losses(cfg, lr, lf)
             loss = d_loss
             if cfg.loss == "wgan-gp":
-                gp = gradient_penalty(D, real, fake, gen)
+                gp = gradient_penalty(D, real, fake, gen, c)
                 loss = d_loss + cfg.gp_weight * gp
                 if cfg.drift_weight:
                     loss = loss + cfg.drift_weight * (lr**2).mean()
@@ -665,9 +710,9 @@ def _run(cfg: TrainConfig, mcfg: ModelConfig, data: TrainingData, sources, out: 
             if (step + 1) % cfg.d_steps_per_g_step:
                 continue
             # -- generator step
-            fake = generate_windows(G, _latents(G, B, gen))
+            fake = generate_windows(G, _latents(G, B, gen), c)
             D.requires_grad_(False)
-            g_loss = g_loss_fn(cfg, D(fake))
+            g_loss = g_loss_fn(cfg, D(fake, c))
             if cfg.feature_weight:
                 fm = feature_matching_loss(fake, sampler.sample(B, gen))
                 stats.add(feature_loss=fm.item())
@@ -691,18 +736,18 @@ def _run(cfg: TrainConfig, mcfg: ModelConfig, data: TrainingData, sources, out: 
         with torch.no_grad():
             for i in range(0, len(val_real), B):
                 real = val_real[i : i + B]
-                fake = generate_windows(G_val, z_val[i : i + B])
+                fake = generate_windows(G_val, z_val[i : i + B], part(val_cond, i))
                 if len(real) < 2:
                     continue
-                lr, lf = D(real), D(fake)
+                lr, lf = D(real, part(val_cond, i)), D(fake, part(val_cond, i))
                 d_loss, g_loss = d_losses(cfg, lr, lf)
                 val.add(d_loss=float(d_loss), g_loss=float(g_loss), **d_stats(cfg, lr, lf))
         val_stats = val.means()
 
         # -- sample quality of what generation would produce (EMA weights, recalibrated BN, eval mode)
-        G_eval = calibrate_batchnorm(ema if ema is not None else G, cfg.bn_calibration_batches, B, cfg.seed)
+        G_eval = calibrate_batchnorm(ema if ema is not None else G, cfg.bn_calibration_batches, B, cfg.seed, cond_pool)
         with torch.no_grad():
-            fake_q = torch.cat([generate_windows(G_eval, z_quality[i : i + B]) for i in range(0, len(z_quality), B)])
+            fake_q = torch.cat([generate_windows(G_eval, z_quality[i : i + B], part(q_cond, i)) for i in range(0, len(z_quality), B)])
         quality, _ = sample_quality(val_real_tod, tf.inverse(fake_q.numpy().astype(np.float64)), data.noise_sigma)
 
         row = {"epoch": epoch, "phase": "pretrain" if pretrain else "gan", "quality": quality, "train_gp": train_stats.get("gp"), "seconds": time.time() - t0}
@@ -715,6 +760,7 @@ def _run(cfg: TrainConfig, mcfg: ModelConfig, data: TrainingData, sources, out: 
             best_quality, best_epoch = quality, epoch
             save_model(out, G_eval, tf, data.sampling_rate_hz, units=data.units, noise_params=data.noise_params, highpass_hz=data.highpass_hz,
                        detectors_trained=data.detectors, epoch=epoch, quality=quality, quality_floor=floor, noise_sigma=data.noise_sigma,
+                       cond_names=data.cond_names, cond_range=data.cond_range,
                        train_config=_norm_dict(cfg.to_dict()))
             atomic_write_bytes(out / BEST_FILE, _to_bytes(checkpoint(epoch)))
         atomic_write_bytes(out / CHECKPOINT_FILE, _to_bytes(checkpoint(epoch)))

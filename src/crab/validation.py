@@ -431,6 +431,7 @@ class SetAnalysis:
     block_counts: np.ndarray  # glitches per block (all detectors)
     coinc_block: np.ndarray  # block of each coincidence cluster (multiplicity >= 2)
     coinc_possible: bool
+    corr: np.ndarray  # (n_blocks, 1): mean correlation of detector pairs of a wafer (nan without pairs)
     rms: np.ndarray  # (n_blocks, n_det)
     band_logpow: np.ndarray  # (n_blocks, n_bands)
     band_edges: np.ndarray
@@ -498,6 +499,7 @@ def analyse(tod: np.ndarray, sampling_rate_hz: float, detector_names: list[str],
     k = cfg.detector.threshold_sigma
     yb = y.reshape(n_det, n_blocks, B)
     rms = (1.4826 * np.median(np.abs(yb - np.median(yb, axis=2, keepdims=True)), axis=2)).T
+    corr = wafer_pair_correlation(yb, wafers)
     y_clip = np.clip(y, -k * sigma[:, None], k * sigma[:, None])
     x_clip = (base + y_clip).reshape(n_det, n_blocks, B)
     freq, pxx = scipy.signal.periodogram(x_clip, fs=fs, window="hann", detrend="constant", axis=-1)
@@ -530,6 +532,7 @@ def analyse(tod: np.ndarray, sampling_rate_hz: float, detector_names: list[str],
         block_counts=counts,
         coinc_block=cblock,
         coinc_possible=coinc_possible,
+        corr=corr,
         rms=rms,
         band_logpow=band,
         band_edges=edges,
@@ -545,6 +548,31 @@ def analyse(tod: np.ndarray, sampling_rate_hz: float, detector_names: list[str],
         example=x[:, :n_ex].astype(np.float32),
         duration_s=n / fs,
     )
+
+
+def wafer_pair_correlation(yb: np.ndarray, wafers: np.ndarray) -> np.ndarray:
+    """Mean Pearson correlation, per block, of the TOD of detector pairs on one wafer.
+
+    Parameters
+    ----------
+    yb : ndarray, shape (n_det, n_blocks, block_samples)
+        Baseline-subtracted TOD cut in blocks (glitches kept: common-mode
+        wafer glitches are what correlates the detectors).
+    wafers : ndarray of int, shape (n_det,)
+
+    Returns
+    -------
+    ndarray, shape (n_blocks, 1)
+        NaN where the wafer layout has no pair.
+    """
+    n_det, n_blocks, _ = yb.shape
+    pairs = [(i, j) for i in range(n_det) for j in range(i + 1, n_det) if wafers[i] == wafers[j]]
+    if not pairs:
+        return np.full((n_blocks, 1), np.nan)
+    z = yb - yb.mean(axis=2, keepdims=True)
+    z = z / np.maximum(np.sqrt((z**2).mean(axis=2, keepdims=True)), 1e-300)
+    r = np.mean([(z[i] * z[j]).mean(axis=1) for i, j in pairs], axis=0)
+    return r[:, None]
 
 
 def memorisation_representation(tod: np.ndarray, scale_sigma: float, clip: float = 3.0) -> np.ndarray:
@@ -864,6 +892,9 @@ def validate(
             "psd_octaves": ("noise", "chi2 of the log Welch PSD per octave, glitches clipped (errors: block scatter)", make_stat_profile("band_logpow")),
             "autocorrelation": ("noise", f"chi2 of the autocorrelation at lags {list(cfg.acf_lags)} samples (errors: block scatter)", make_stat_profile("acf")),
         }
+        if ref_an.coinc_possible:
+            stats["detector_correlation"] = (
+                "glitches", "chi2 of the mean correlation of the TOD of detector pairs of a wafer, glitches kept (errors: block scatter)", make_stat_profile("corr"))
         for k, fname in enumerate(M.FEATURE_NAMES):
             vals = ref_an.win_feats[:, k]
             n_bins = int(np.clip(len(vals) // 25, 4, cfg.max_bins))
@@ -933,7 +964,7 @@ def validate(
             P, phase, src = seam_period(syns[sname].meta, cfg)
             mres.update(_seam_metrics(b, cfg, ref_an, san, P, phase, seam_cache))
             pb.update()
-            order = ["glitch_rate", "amplitude_distribution", "amplitude_slope", "decay_time_distribution", "interarrival_distribution", "coincidence_rate"]
+            order = ["glitch_rate", "amplitude_distribution", "amplitude_slope", "decay_time_distribution", "interarrival_distribution", "coincidence_rate", "detector_correlation"]
             ordered = {k: mres[k] for k in order if k in mres}
             ordered.update({k: v for k, v in mres.items() if k not in ordered})
             s = syns[sname]

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("crab.cli.train_cmd", "train", "Train the GAN on Monte Carlo TOD."),
     "generate": ("crab.cli.generate_cmd", "generate", "Generate TOD of any length with a trained model or the template baseline."),
     "validate": ("crab.cli.validate_cmd", "validate", "Compare generated TOD with held-out Monte Carlo; write a report."),
+    "validate-phi": ("crab.cli.validate_phi_cmd", "validate_phi", "Compare a phi-conditioned model with Monte Carlo at several phi."),
     "run": ("crab.cli.run_cmd", "run", "Run the whole pipeline (MC, training, generation, validation) on the default setup."),
     "export": ("crab.cli.export_cmd", "export", "Make a TOD file readable by litebird_sim (read_list_of_observations)."),
 }

@@ -11,23 +11,29 @@ from ..errors import InputError
 from .options import DURATION, DURATION_OR_ZERO, positive_int
 
 
-def _parse_cond(values: tuple[str, ...], names: list[str]) -> list[float] | None:
-    if not values:
+def _conditions(phi_gv: float | None, schedule: Path | None, cond: tuple[str, ...]):
+    """The ConditionSchedule asked on the command line (None when no condition was given)."""
+    from ..conditions import ConditionSchedule, cond_name
+
+    given = [n for n, v in (("--phi", phi_gv), ("--phi-schedule", schedule), ("--cond", cond or None)) if v is not None]
+    if len(given) > 1:
+        raise InputError(f"give the conditions one way: {' or '.join(given)}")
+    if schedule is not None:
+        return ConditionSchedule.from_csv(schedule)
+    if phi_gv is not None:
+        return ConditionSchedule.constant({"phi_gv": phi_gv})
+    if not cond:
         return None
     got: dict[str, float] = {}
-    for v in values:
+    for v in cond:
         if "=" not in v:
             raise InputError(f"--cond expects NAME=VALUE, got {v!r}")
         k, _, x = v.partition("=")
         try:
-            got[k.strip()] = float(x)
+            got[cond_name(k.strip())] = float(x)
         except ValueError:
             raise InputError(f"--cond {k}: {x!r} is not a number") from None
-    missing = [n for n in names if n not in got]
-    extra = [k for k in got if k not in names]
-    if missing or extra:
-        raise InputError(f"the model's conditioning inputs are {names}; got {sorted(got)}")
-    return [got[n] for n in names]
+    return ConditionSchedule.constant(got)
 
 
 @click.command("generate")
@@ -43,11 +49,17 @@ def _parse_cond(values: tuple[str, ...], names: list[str]) -> list[float] | None
 @click.option("--checksum-only", is_flag=True, help="Generate and print the SHA-256 checksum only (no output; for benchmarks).")
 @click.option("--chunk-samples", default=1 << 20, show_default=True, type=int, callback=positive_int, help="Samples per detector generated and written at a time.")
 @click.option("--sampling-rate", "sampling_rate_hz", type=float, help="Required sampling rate (Hz): an error if the model was made for another.")
-@click.option("--cond", multiple=True, help="Conditioning input of a conditioned model, NAME=VALUE (e.g. phi_gv=0.6); repeatable.")
+@click.option("--phi", "phi_gv", type=float, help="Solar modulation potential (GV) for a model conditioned on phi, constant over the run.")
+@click.option("--phi-schedule", type=click.Path(dir_okay=False, path_type=Path), help="CSV of (time, phi) for a mission history, linearly interpolated in time (see crab.conditions).")
+@click.option("--allow-extrapolation", is_flag=True, help="Accept conditions outside the range the model was trained on.")
+@click.option("--cond", multiple=True, help="Condition of a conditioned model, NAME=VALUE (e.g. phi_gv=0.6); repeatable.")
 @click.option("--workers", type=int, callback=positive_int, help="Worker threads (default: CPUs available); does not change the output.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def generate(model_path, method, fit_path, save_template, duration, detectors, seed, start, out, checksum_only, chunk_samples, sampling_rate_hz, cond, workers, overwrite, no_progress):
+def generate(
+    model_path, method, fit_path, save_template, duration, detectors, seed, start, out, checksum_only, chunk_samples, sampling_rate_hz,
+    phi_gv, phi_schedule, allow_extrapolation, cond, workers, overwrite, no_progress,
+):
     """Generate TOD of any length, streamed in chunks, seam-free and reproducible.
 
     \b
@@ -56,6 +68,8 @@ def generate(model_path, method, fit_path, save_template, duration, detectors, s
       crab generate --model model_dir --duration 1d --start 2d --out slice.h5
       crab generate --method template --fit mc.h5 --save-template tpl.json --duration 1d --out tpl.h5
       crab generate --model model_dir --duration 3y --checksum-only
+      crab generate --model phi_model --phi 0.7 --duration 1d --out gen.h5
+      crab generate --model phi_model --phi-schedule mission_phi.csv --duration 3y --detectors 8 --out gen.h5
     """
     from .. import generation as G
 
@@ -98,12 +112,10 @@ def generate(model_path, method, fit_path, save_template, duration, detectors, s
             raise InputError("give --model MODEL_DIR (a directory written by `crab train`)")
         model = G.load_generation_model(model_path, method="gan", sampling_rate_hz=sampling_rate_hz)
 
-    cond_values = None
-    if method == "gan":
-        cond_values = _parse_cond(cond, list(model.cond_names)) if cond else None
-    elif cond:
-        raise InputError("--cond applies to conditioned GAN models only")
-    gen = G.TodGenerator(model, seed, cond=cond_values, n_workers=workers)
+    conditions = _conditions(phi_gv, phi_schedule, cond)
+    if method != "gan" and (conditions is not None or allow_extrapolation):
+        raise InputError("--phi, --phi-schedule, --cond and --allow-extrapolation apply to conditioned GAN models only")
+    gen = G.TodGenerator(model, seed, cond=conditions, allow_extrapolation=allow_extrapolation, n_workers=workers)
     progress = False if no_progress else None
     run_config = {"command": "crab generate", "fit": None if fit_path is None else str(fit_path)}
 

@@ -36,6 +36,7 @@ _FIELDS = {
     "highpass_hz": "highpass_hz",
     "val_fraction": "val_fraction",
     "threads": "num_threads",
+    "joint_detectors": "joint_detectors",
 }
 
 
@@ -64,12 +65,17 @@ _FIELDS = {
 @click.option("--latent-dim", type=int, default=None, callback=positive_int, help="Latent channels of the generator.")
 @click.option("--generator-arch", type=click.Choice(["streaming", "paper"]), default=None, help="Streaming (fully convolutional, default) or the paper's dense-input generator.")
 @click.option("--threads", type=int, default=None, callback=positive_int, help="Torch CPU threads.")
+@click.option("--condition", "condition_on", multiple=True, help="Condition both networks on this quantity of the files (phi: the solar modulation potential; give files at several phi).")
+@click.option("--joint-detectors", is_flag=True, default=None, help="Generate the detectors of a file jointly (one multi-channel window per wafer: simultaneous common-mode glitches).")
 @click.option("--recipe", type=click.Choice(["default", "paper"]), default="default", show_default=True, help="Starting hyper-parameters: CRAB's defaults (WGAN-GP) or the paper's (BCE, SGD for D, Adam for G); options given here override them.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(data, out, resume, overwrite, quiet, latent_dim, generator_arch, recipe, **opts):
     """Train the GAN on TOD from `crab simulate` (or your own Monte Carlo).
 
-    Example: crab train --data mc.h5 --out model_dir --epochs 200 --seed 1
+    \b
+    Examples:
+      crab train --data mc.h5 --out model_dir --epochs 200 --seed 1
+      crab train --data mc_phi04.h5 --data mc_phi08.h5 --data mc_phi12.h5 --condition phi --joint-detectors --out phi_model
     """
     from ..errors import InputError
     from ..model import ModelConfig
@@ -77,7 +83,10 @@ def train(data, out, resume, overwrite, quiet, latent_dim, generator_arch, recip
 
     if resume and overwrite:
         raise InputError("--resume and --overwrite exclude each other")
+    condition_on = opts.pop("condition_on")
     overrides = {_FIELDS[k]: v for k, v in opts.items() if v is not None}
+    if condition_on:
+        overrides["condition_on"] = tuple(condition_on)
     model_config = None
     if resume:
         base = checkpoint_train_config(out)
