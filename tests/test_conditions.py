@@ -105,17 +105,50 @@ def test_schedule_span_and_range_are_checked_before_writing(cond_model, tmp_path
         TodGenerator(load_model(make_model_dir(tmp_path / "u")), 1, cond=[0.5])
 
 
-def test_joint_model_rows_wafers_and_names(tmp_path):
-    m = load_model(make_model_dir(tmp_path / "j", out_channels=4, output_bounds=(-1.0, 1.0)))
+@pytest.mark.parametrize("shared", [0, 8], ids=["multichannel", "exchangeable"])
+def test_joint_model_rows_wafers_and_names(tmp_path, shared):
+    m = load_model(make_model_dir(tmp_path / "j", out_channels=4, shared_latent_dim=shared, output_bounds=(-1.0, 1.0)))
     gen = TodGenerator(m, 5, tile_latents=16)
+    assert gen.source.backend == "fast"
     y = gen.generate(6, 0, 4000)
     assert y.shape == (6, 4000)
+    assert np.array_equal(np.concatenate([c for _, c in gen.iter_chunks(6, 0, 4000, chunk_samples=333)], axis=1), y)
     # detector 4 is row 0 of wafer 1: the same bytes when it is generated alone
     assert np.array_equal(gen.generate([4], 0, 4000)[0], y[4])
     assert not np.allclose(y[0], y[4])
     generate_to_file(m, tmp_path / "j.h5", 300.0, 6, 5, progress=False)
     with h5py.File(tmp_path / "j.h5") as f:
         assert json.loads(f.attrs["detectors"]) == ["W00_D000", "W00_D001", "W00_D002", "W00_D003", "W01_D000", "W01_D001"]
+
+
+def test_exchangeable_wafer_generator_shares_only_the_wafer_latents(tmp_path):
+    import torch
+
+    m = load_model(make_model_dir(tmp_path / "x", out_channels=4, shared_latent_dim=8, cond_dim=1))
+    g, cfg = m.generator, m.model_config
+    assert g.latent_shape(2, 10) == (2, 8 + 4 * cfg.latent_dim, 10)
+    z = torch.randn(1, 8 + 4 * cfg.latent_dim, 12)
+    c = torch.zeros(1, 1)
+    with torch.no_grad():
+        y = g(z, c)
+        z_own = z.clone()
+        z_own[:, 8 + 2 * cfg.latent_dim : 8 + 3 * cfg.latent_dim] += 1.0  # detector 2's own latents
+        y_own = g(z_own, c)
+        z_sh = z.clone()
+        z_sh[:, :8] += 1.0  # the wafer's shared latents
+        y_sh = g(z_sh, c)
+    changed = lambda a: [bool((a[0, r] - y[0, r]).abs().max() > 1e-6) for r in range(4)]  # noqa: E731
+    assert changed(y_own) == [False, False, True, False]
+    assert changed(y_sh) == [True] * 4
+    # the same network for every detector: permuting the detectors' own latents permutes the outputs
+    L = cfg.latent_dim
+    perm = torch.cat([z[:, :8], z[:, 8 + L : 8 + 2 * L], z[:, 8 : 8 + L], z[:, 8 + 2 * L :]], 1)
+    with torch.no_grad():
+        yp = g(perm, c)
+    assert torch.allclose(yp[0, 0], y[0, 1], atol=1e-5) and torch.allclose(yp[0, 1], y[0, 0], atol=1e-5)
+    fast = GanSource(m, 4, cond=[0.8], tile_latents=16, backend="fast")
+    slow = GanSource(m, 4, cond=[0.8], tile_latents=16, backend="module")
+    np.testing.assert_allclose(fast.tile(1, 2), slow.tile(1, 2), rtol=1e-5, atol=1e-5 * np.abs(slow.tile(1, 2)).max())
 
 
 def test_pair_correlation_sees_common_mode():
@@ -181,7 +214,7 @@ def test_joint_training_makes_multichannel_windows(tmp_path):
     srcs = [_source(0.4, n_det=3, seed=1), _source(1.0, n_det=3, seed=2)]
     r = train(srcs, tmp_path / "m", TrainConfig(epochs=1, d_pretrain_epochs=0, windows_per_epoch=128, condition_on=("phi_gv",), joint_detectors=True, num_threads=1), progress=False)
     m = load_model(tmp_path / "m")
-    assert m.model_config.out_channels == 3 and m.model_config.cond_dim == 1
+    assert m.model_config.out_channels == 3 and m.model_config.cond_dim == 1 and m.model_config.shared_latent_dim == 8
     assert r.data.train[0].shape[0] == 3
     assert TodGenerator(m, 1, cond=[0.7]).generate(3, 0, 1000).shape == (3, 1000)
     with pytest.raises(InputError, match="3 detectors"):

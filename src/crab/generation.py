@@ -240,7 +240,7 @@ class _FastStreamingNet:
         if self.noise_dim % f:
             raise _Unsupported(f"noise_dim {self.noise_dim} not a multiple of {f}")
         n_noise = self.noise_dim // f  # full-resolution noise channels fed to the last up stage
-        self.latent_dim = int(cfg.latent_dim)
+        self.latent_dim = int(getattr(gen, "input_latent_dim", cfg.latent_dim))  # one run's latents (shared + own when exchangeable)
         layers: list[dict[str, Any]] = []
         pending_up = False
         first_conv = True
@@ -365,7 +365,7 @@ class _FastStreamingNet:
             raise _Unsupported(f"total upsampling {rate} != {cfg.upsample_factor}")
         self.offset = left
         self.right_loss = right
-        self.out_channels = int(cfg.out_channels)
+        self.out_channels = int(gen.head.out_channels)
         # the generator's output bound (crab.model.soft_bound), applied to the result
         bounds = getattr(cfg, "output_bounds", None)
         self.bound = None if bounds is None else (float(bounds[0]), float(bounds[1]), float(cfg.output_bound_width))
@@ -496,6 +496,7 @@ class GanSource(TileSource):
         self.seed = rng.check_seed(seed)
         self.gen = model.generator.eval()
         cfg = model.model_config
+        self.z_dim = int(self.gen.latent_shape(1, 1)[1])  # latent channels per step of one key (a detector or a wafer)
         self.cfg = cfg
         self.sampling_rate_hz = float(model.sampling_rate_hz)
         self.units = model.units
@@ -551,16 +552,23 @@ class GanSource(TileSource):
                 self._keys[key] = k
         return k
 
+    def _run_fast(self, fast: _FastStreamingNet, z, c: np.ndarray | None) -> np.ndarray:
+        """The fast network on tile latents ``z`` (steps, z_dim): (rows, n_out); an exchangeable
+        wafer runs the one-detector network once per detector on (shared, own) latents."""
+        if not getattr(self.gen, "exchangeable", False):
+            return fast.run(z, c)
+        return np.concatenate([fast.run(self.gen.assemble_latents(z.T, r).T.contiguous(), c) for r in range(self.rows)], axis=0)
+
     def _check_fast(self, fast: _FastStreamingNet) -> None:
         """Compare the rewrite with the module on one random sequence (raises _Unsupported)."""
         import torch
 
         n = 48 + 2 * self.margin
-        z = latent_sequence(stream_key(0, "gan_latent", 0), 0, n, self.cfg.latent_dim)
+        z = latent_sequence(stream_key(0, "gan_latent", 0), 0, n, self.z_dim)
         c = None if self.schedule is None else np.linspace(-1.0, 1.0, len(self.schedule.names))  # any values do
         with torch.inference_mode():
             ref = self.gen(torch.from_numpy(z.T.copy())[None], self._cond_tensor(c))[0]  # (channels, samples)
-            out = fast.run(torch.from_numpy(z), c)
+            out = self._run_fast(fast, torch.from_numpy(z), c)
         lo, hi = self.f * self.margin, self.f * (n - self.margin)
         a = ref[:, lo:hi].numpy()
         b = out[:, lo - fast.offset : hi - fast.offset]
@@ -622,12 +630,12 @@ class GanSource(TileSource):
         c = self.tile_cond(t)
         if self.streaming:
             n = self.tile_latents + 2 * self.margin
-            z = torch.from_numpy(latent_sequence(self._key(key), t * self.tile_latents - self.margin, n, self.cfg.latent_dim))
+            z = torch.from_numpy(latent_sequence(self._key(key), t * self.tile_latents - self.margin, n, self.z_dim))
             lo = self.f * self.margin
             with torch.inference_mode():
                 if self._fast is not None:
                     a = lo - self._fast.offset
-                    y = self._fast.run(z, c)[:, a : a + self.tile_samples]
+                    y = self._run_fast(self._fast, z, c)[:, a : a + self.tile_samples]
                 else:
                     y = self.gen(z.T.contiguous()[None], self._cond_tensor(c))[0, :, lo : lo + self.tile_samples].numpy()
             out = self._inverse(np.ascontiguousarray(y, dtype=np.float32))
@@ -642,7 +650,7 @@ class GanSource(TileSource):
 
         H, O, W = self.hop, self.overlap, self.window
         w0 = (t * self.tile_samples) // H - 1  # window w covers samples [w*H, w*H + W)
-        zs = latent_sequence(self._key(key), w0, self.n_windows, self.cfg.latent_dim)
+        zs = latent_sequence(self._key(key), w0, self.n_windows, self.z_dim)
         with torch.inference_mode():
             y = self.gen(torch.from_numpy(zs), self._cond_tensor(c, self.n_windows)).numpy()  # (n_windows, rows, W)
         y = self._inverse(np.array(y, dtype=np.float32)) - np.float32(self._tf[0])

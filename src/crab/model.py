@@ -113,6 +113,14 @@ class ModelConfig:
         input channels (``x[n] - x[n-1]``, 0 at the first sample): a direct
         view of the sample-to-sample (high-frequency) noise and of glitch
         rise times.
+    shared_latent_dim : int
+        Joint (wafer) streaming generator with ``out_channels > 1`` only: the
+        channels of a *shared* latent sequence.  Each detector of the wafer is
+        then produced by the same network from the shared latents plus its
+        own ``latent_dim`` latents (a wafer-event stream plus per-detector
+        ones): common-mode glitches come from the shared part, direct hits
+        from each detector's own part, and the detectors are exchangeable.
+        0: the channels come out of one network run on ``latent_dim`` latents.
     """
 
     window_samples: int = 256
@@ -130,6 +138,7 @@ class ModelConfig:
     output_bounds: tuple[float, float] | None = None
     output_bound_width: float = 0.5
     discriminator_diff: bool = True
+    shared_latent_dim: int = 0
     n_upsample: int = field(default=4, init=False)
 
     def __post_init__(self) -> None:
@@ -148,6 +157,8 @@ class ModelConfig:
             raise ValueError(
                 f"noise_dim must be a multiple of {self.upsample_factor} and smaller than latent_dim ({self.latent_dim}), got {self.noise_dim}"
             )
+        if self.shared_latent_dim < 0 or (self.shared_latent_dim and (self.generator_arch != "streaming" or self.out_channels < 2)):
+            raise ValueError(f"shared_latent_dim ({self.shared_latent_dim}) needs the streaming generator with out_channels >= 2")
         if len(self.generator_channels) != self.n_upsample + 1:
             raise ValueError(f"generator_channels needs {self.n_upsample + 1} entries, got {self.generator_channels}")
         if len(self.discriminator_channels) != 4:
@@ -253,16 +264,28 @@ class Generator(nn.Module):
         ch, k, s = cfg.generator_channels, cfg.kernel_size, cfg.leaky_slope
         self.streaming = cfg.generator_arch == "streaming"
         self.noise_dim = cfg.noise_dim if self.streaming else 0
+        self.exchangeable = bool(cfg.shared_latent_dim)
         n_noise = self.noise_dim // cfg.upsample_factor
-        n_in = cfg.latent_dim - self.noise_dim + cfg.cond_dim
+        n_in = cfg.latent_dim - self.noise_dim + cfg.cond_dim + cfg.shared_latent_dim
         self.coarse_len = cfg.window_samples // cfg.upsample_factor
         if self.streaming:
             self.stem = nn.Sequential(nn.Conv1d(n_in, ch[0], 3, padding=1, bias=False), nn.BatchNorm1d(ch[0]), nn.LeakyReLU(s))
         else:
             self.stem = nn.Sequential(nn.Linear(n_in, ch[0] * self.coarse_len, bias=False), nn.Unflatten(1, (ch[0], self.coarse_len)), nn.BatchNorm1d(ch[0]), nn.LeakyReLU(s))
         self.stages = nn.ModuleList([_UpStage(ch[i], ch[i + 1], k, s, n_noise if i == cfg.n_upsample - 1 else 0) for i in range(cfg.n_upsample)])
-        self.head = nn.Conv1d(ch[-1] + cfg.cond_dim, cfg.out_channels, k, padding=k // 2)
+        self.head = nn.Conv1d(ch[-1] + cfg.cond_dim, 1 if self.exchangeable else cfg.out_channels, k, padding=k // 2)
         self.apply(_init_weights)
+
+    @property
+    def input_latent_dim(self) -> int:
+        """Latent channels of one run of the network (shared + own latents when exchangeable)."""
+        return self.cfg.latent_dim + self.cfg.shared_latent_dim
+
+    def assemble_latents(self, z: torch.Tensor, channel: int) -> torch.Tensor:
+        """Exchangeable wafer: the network input of ``channel`` from the wafer latents ``z``
+        (..., shared + out_channels * latent_dim, steps) -> (..., shared + latent_dim, steps)."""
+        s, L = self.cfg.shared_latent_dim, self.cfg.latent_dim
+        return torch.cat([z[..., :s, :], z[..., s + channel * L : s + (channel + 1) * L, :]], -2)
 
     @property
     def margin_latents(self) -> int:
@@ -276,6 +299,16 @@ class Generator(nn.Module):
         return int(math.ceil(radius / f)) + 1
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        if self.exchangeable:
+            if z.ndim != 3:
+                raise ValueError(f"streaming generator expects z of shape (batch, latent_dim, steps), got {tuple(z.shape)}")
+            b, c, steps = z.shape[0], self.cfg.out_channels, z.shape[-1]
+            zz = torch.stack([self.assemble_latents(z, i) for i in range(c)], 1).reshape(b * c, self.input_latent_dim, steps)
+            y = self._forward(zz, None if cond is None else cond.repeat_interleave(c, 0))
+            return y.reshape(b, c, y.shape[-1])
+        return self._forward(z, cond)
+
+    def _forward(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         if self.streaming:
             if z.ndim != 3:
                 raise ValueError(f"streaming generator expects z of shape (batch, latent_dim, steps), got {tuple(z.shape)}")
@@ -307,7 +340,8 @@ class Generator(nn.Module):
     def latent_shape(self, batch: int, n_latent_steps: int | None = None) -> tuple[int, ...]:
         """Shape of the latent input for ``batch`` windows (or tiles of ``n_latent_steps``)."""
         if self.streaming:
-            return (batch, self.cfg.latent_dim, n_latent_steps or self.coarse_len)
+            dim = self.cfg.shared_latent_dim + self.cfg.out_channels * self.cfg.latent_dim if self.exchangeable else self.cfg.latent_dim
+            return (batch, dim, n_latent_steps or self.coarse_len)
         return (batch, self.cfg.latent_dim)
 
 

@@ -77,6 +77,9 @@ PLOT_INTERVAL_S = 20.0
 #: TrainConfig fields that may differ when resuming (everything else must match).
 RESUMABLE_CHANGES = ("epochs", "num_threads")
 
+#: Shared (wafer) latent channels of a joint-detector generator (``TrainConfig.joint_detectors``).
+JOINT_SHARED_LATENT_DIM = 8
+
 
 @dataclass
 class TrainConfig:
@@ -160,10 +163,12 @@ class TrainConfig:
     joint_detectors : bool
         Generate all detectors of a file jointly (one multi-channel window per
         wafer), so that common-mode wafer glitches appear simultaneously;
-        every file must have the same number of detectors.  The generator's
-        full-rate noise channels (``ModelConfig.noise_dim``) are multiplied by
-        the number of detectors (and ``latent_dim`` grown to match), so that
-        each detector has its own white-noise source.
+        every file must have the same number of detectors.  The streaming
+        generator becomes exchangeable (``ModelConfig.shared_latent_dim`` =
+        :data:`JOINT_SHARED_LATENT_DIM` unless set): one network makes every
+        detector of the wafer from a shared wafer latent stream plus the
+        detector's own latents, so wafer hits are common and direct hits and
+        noise independent; the discriminator sees all channels at once.
 
     Defaults
     --------
@@ -573,11 +578,10 @@ def train(
         raise InputError(f"model_config.cond_dim is {model_config.cond_dim} but training is conditioned on {list(cfg.condition_on)}; set condition_on instead")
     if model_config.out_channels not in (1, n_ch):
         raise InputError(f"model_config.out_channels is {model_config.out_channels}; use joint_detectors to generate the detectors of a file jointly")
-    if n_ch > 1 and model_config.out_channels == 1 and model_config.generator_arch == "streaming":
-        # one set of full-rate noise channels per detector, so white noise is not common to the wafer
-        extra = model_config.noise_dim * (n_ch - 1)
-        model_config = dataclasses.replace(model_config, noise_dim=model_config.noise_dim * n_ch, latent_dim=model_config.latent_dim + extra)
-    mcfg = dataclasses.replace(model_config, window_samples=cfg.window_samples, cond_dim=n_cond, out_channels=n_ch)
+    shared = model_config.shared_latent_dim
+    if n_ch > 1 and not shared and model_config.generator_arch == "streaming":
+        shared = JOINT_SHARED_LATENT_DIM  # a wafer-event latent stream shared by the detectors, each with its own latents
+    mcfg = dataclasses.replace(model_config, window_samples=cfg.window_samples, cond_dim=n_cond, out_channels=n_ch, shared_latent_dim=shared if n_ch > 1 else 0)
     _prepare_out_dir(out, resume, overwrite)
     data_ = prepare_training_data(
         sources,
