@@ -243,8 +243,7 @@ class _FastStreamingNet:
         self.latent_dim = int(getattr(gen, "input_latent_dim", cfg.latent_dim))  # one run's latents (shared + own when exchangeable)
         layers: list[dict[str, Any]] = []
         pending_up = False
-        first_conv = True
-        c_prev = self.latent_dim - self.noise_dim + n_cond
+        c_prev = self.latent_dim - self.noise_dim  # input channels of the next convolution, conditions not counted
         for m in mods:
             if isinstance(m, nn.Upsample):
                 sf = m.scale_factor
@@ -260,16 +259,14 @@ class _FastStreamingNet:
                     raise _Unsupported(f"conv padding {m.padding}")
                 w = m.weight.detach().to(torch.float64).numpy().copy()  # (out, in, k)
                 b = np.zeros(w.shape[0]) if m.bias is None else m.bias.detach().to(torch.float64).numpy().copy()
-                is_head = m is gen.head
-                n_extra = w.shape[1] - c_prev
                 bc = None
-                if n_cond and (first_conv or is_head):
-                    # constant conditioning channels (last inputs): on valid outputs a bias bc @ cond
-                    if n_extra != (0 if first_conv else n_cond):
-                        raise _Unsupported("unexpected conditioning channels")
+                if n_cond:
+                    # constant conditioning channels (the last inputs of every convolution): on valid outputs a bias bc @ cond
+                    if w.shape[1] - c_prev < n_cond:
+                        raise _Unsupported("conditioning channels missing")
                     bc = w[:, -n_cond:, :].sum(axis=2)  # (out, n_cond)
                     w = w[:, :-n_cond, :]
-                    n_extra = 0
+                n_extra = w.shape[1] - c_prev
                 w_noise = None
                 if n_extra:
                     # noise channels concatenated after the upsampling of the last stage
@@ -278,7 +275,6 @@ class _FastStreamingNet:
                     w_noise, w = w[:, c_prev:, :], w[:, :c_prev, :]
                 elif n_noise and pending_up and m is gen.stages[-1][1]:
                     raise _Unsupported("noise channels missing from the last stage")
-                first_conv = False
                 layers.append({"w": w, "b": b, "bc": bc, "up": pending_up, "act": None, "w_noise": w_noise})
                 pending_up = False
                 c_prev = w.shape[0]

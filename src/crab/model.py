@@ -27,7 +27,8 @@ Two generator architectures are available (``ModelConfig.generator_arch``):
     independent, so long TOD needs overlapping windows joined by a cross-fade.
 
 Conditioning inputs (e.g. the solar modulation potential ``phi``) enter both
-networks as extra constant channels when ``cond_dim > 0``, scaled by
+networks as extra constant channels when ``cond_dim > 0`` (the input of every
+generator convolution; the discriminator's input and dense head), scaled by
 :func:`normalize_cond` to [-1, 1] over the trained range.
 """
 
@@ -227,18 +228,20 @@ def _init_weights(module: nn.Module) -> None:
 class _UpStage(nn.Sequential):
     """Upsample x2, (concatenate noise channels), convolution, batch norm, LeakyReLU."""
 
-    def __init__(self, c_in: int, c_out: int, k: int, slope: float, n_noise: int = 0) -> None:
+    def __init__(self, c_in: int, c_out: int, k: int, slope: float, n_noise: int = 0, n_cond: int = 0) -> None:
         super().__init__(
             nn.Upsample(scale_factor=2, mode="nearest"),
-            nn.Conv1d(c_in + n_noise, c_out, k, padding=k // 2, bias=False),
+            nn.Conv1d(c_in + n_noise + n_cond, c_out, k, padding=k // 2, bias=False),
             nn.BatchNorm1d(c_out),
             nn.LeakyReLU(slope),
         )
 
-    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None, cond: torch.Tensor | None = None) -> torch.Tensor:
         x = self[0](x)
         if noise is not None:
             x = torch.cat([x, noise], 1)
+        if cond is not None:  # constant condition channels, last
+            x = torch.cat([x, cond[:, :, None].expand(-1, -1, x.shape[-1])], 1)
         return self[3](self[2](self[1](x)))
 
 
@@ -272,7 +275,7 @@ class Generator(nn.Module):
             self.stem = nn.Sequential(nn.Conv1d(n_in, ch[0], 3, padding=1, bias=False), nn.BatchNorm1d(ch[0]), nn.LeakyReLU(s))
         else:
             self.stem = nn.Sequential(nn.Linear(n_in, ch[0] * self.coarse_len, bias=False), nn.Unflatten(1, (ch[0], self.coarse_len)), nn.BatchNorm1d(ch[0]), nn.LeakyReLU(s))
-        self.stages = nn.ModuleList([_UpStage(ch[i], ch[i + 1], k, s, n_noise if i == cfg.n_upsample - 1 else 0) for i in range(cfg.n_upsample)])
+        self.stages = nn.ModuleList([_UpStage(ch[i], ch[i + 1], k, s, n_noise if i == cfg.n_upsample - 1 else 0, cfg.cond_dim) for i in range(cfg.n_upsample)])
         self.head = nn.Conv1d(ch[-1] + cfg.cond_dim, 1 if self.exchangeable else cfg.out_channels, k, padding=k // 2)
         self.apply(_init_weights)
 
@@ -325,7 +328,7 @@ class Generator(nn.Module):
             x = zz if cond is None else torch.cat([zz, cond], 1)
         h = self.stem(x)
         for i, stage in enumerate(self.stages):
-            h = stage(h, noise if i == len(self.stages) - 1 else None)
+            h = stage(h, noise if i == len(self.stages) - 1 else None, cond)
         if cond is not None:
             h = torch.cat([h, cond[:, :, None].expand(-1, -1, h.shape[-1])], 1)
         return self.bound(self.head(h))
