@@ -13,8 +13,12 @@ detector-samples to the checksum sink, in the same process, interleaved over
 - ``baseline``: unconditioned, one channel (every detector its own latent stream);
 - ``phi``: conditioned on phi (constant ``--phi``);
 - ``phi schedule``: conditioned, phi interpolated from a schedule (changes every tile);
-- ``joint``: one 4-channel window per wafer (``--wafer-size`` detectors jointly);
-- ``joint + phi schedule``: both.
+- ``joint``: a wafer of ``--wafer-size`` detectors generated jointly, as
+  ``crab train --joint-detectors`` makes it (exchangeable: the one-detector
+  network run per detector on shared wafer latents plus its own);
+- ``joint + phi schedule``: both;
+- ``multichannel``: one network emitting all channels of the wafer at once
+  (``shared_latent_dim = 0``; cheaper, but see docs/design.md).
 
 Printed: detector-samples per second of each and its ratio to the baseline.
 """
@@ -59,6 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from crab.conditions import ConditionSchedule
     from crab.generation import TodGenerator, stream_checksum
+    from crab.training import JOINT_SHARED_LATENT_DIM
 
     dur = args.days * 86400.0
     sched = ConditionSchedule(("phi_gv",), np.array([0.0, dur]), np.array([[0.4], [1.2]]))
@@ -67,8 +72,9 @@ def main(argv: list[str] | None = None) -> dict:
         "baseline": (dict(), None),
         "phi": (dict(cond_dim=1), [args.phi]),
         "phi schedule": (dict(cond_dim=1), sched),
-        "joint": (dict(out_channels=args.wafer_size), None),
-        "joint + phi schedule": (dict(out_channels=args.wafer_size, cond_dim=1), sched),
+        "joint": (dict(out_channels=args.wafer_size, shared_latent_dim=JOINT_SHARED_LATENT_DIM), None),
+        "joint + phi schedule": (dict(out_channels=args.wafer_size, shared_latent_dim=JOINT_SHARED_LATENT_DIM, cond_dim=1), sched),
+        "multichannel": (dict(out_channels=args.wafer_size), None),
     }
     gens = {name: TodGenerator(_model(tmp / name.replace(" ", "_"), args.rate, **cfg), 7, cond=cond) for name, (cfg, cond) in variants.items()}
     print(f"CRAB conditioning cost on {len(os.sched_getaffinity(0))} CPUs (load average {os.getloadavg()[0]:.2f}): "
