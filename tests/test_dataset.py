@@ -109,3 +109,34 @@ def test_default_window_and_joint_channels(synthetic_tod):
     assert len(d.train) == 1 and d.train[0].shape[0] == 3 and d.val_windows().shape[1:] == (3, 64)
     with pytest.raises(InputError, match="joint"):
         prepare_training_data([TodSource(tod, 19.0, ["a", "b", "c"], Path("x"))], window_samples=64, channels=2)
+
+
+def test_glitch_preserving_highpass_keeps_big_glitches_without_undershoot():
+    fs, n = 19.0, 19 * 600
+    rng = np.random.default_rng(2)
+    t = np.arange(n) / fs
+    sigma = 1.0
+    noise = rng.normal(0, sigma, (1, n)) + 20.0 * np.sin(2 * np.pi * t / 200.0)  # white noise + a slow drift
+    glitch = np.zeros(n)
+    for t0 in (100.0, 250.0, 400.0):  # big glitches (1000 sigma, 0.3 s decay)
+        k = int(t0 * fs)
+        glitch[k:] += 1000.0 * np.exp(-(t[k:] - t[k]) / 0.3)
+    src = [TodSource(noise + glitch, fs, ["a"], Path("x"))]
+    kw = dict(window_samples=256, val_fraction=0.2, transform_noise_multiple=4.0, highpass_hz=19.0 / 256)
+    plain = prepare_training_data(src, **kw)
+    kept = prepare_training_data(src, **kw, highpass_clip_sigma=5.0)
+    quiet = prepare_training_data([TodSource(noise, fs, ["a"], Path("x"))], **kw)
+    x_plain = plain.transform.inverse(plain.train[0][0].astype(np.float64))
+    x_kept = kept.transform.inverse(kept.train[0][0].astype(np.float64))
+    x_quiet = quiet.transform.inverse(quiet.train[0][0].astype(np.float64))
+    base = np.median(x_kept)
+    # the plain high-pass leaves a deep negative lobe around every big glitch; the glitch-preserving one does not
+    assert np.min(x_plain - np.median(x_plain)) < -20 * sigma
+    assert np.min(x_kept - base) > -6 * sigma
+    # glitch peaks are kept whole, the drift is removed as by the plain high-pass
+    k = int(250.0 * fs)
+    assert x_kept[k] - base == pytest.approx(1000.0, rel=0.01)
+    far = slice(int(150 * fs), int(200 * fs))  # far from every glitch: same as high-passing the glitch-free TOD
+    np.testing.assert_allclose(x_kept[far] - np.mean(x_kept[far]), x_quiet[far] - np.mean(x_quiet[far]), atol=0.2 * sigma)
+    assert np.std(x_kept[far]) < 1.3 * sigma
+    assert kept.noise_params == plain.noise_params  # the noise model is fitted on the raw TOD either way

@@ -124,3 +124,34 @@ def test_noise_fit_clips_glitches():
     assert np.all(dirty.psd(f) > 30 * p.psd(f))  # unclipped, the glitches dominate
     assert np.all(clean.psd(f) < dirty.psd(f) / 8)  # clipped: what is left is the sub-threshold part of the tails
     assert clean.psd(np.array([5.0]))[0] == pytest.approx(p.psd(np.array([5.0]))[0], rel=0.35)
+
+
+def test_slow_noise_complement_removes_the_generators_own_low_frequency_power():
+    from crab.noise import measured_psd, slow_noise_complement
+
+    fs, cut = 19.0, 0.074
+    rng = np.random.default_rng(0)
+    tod = NoiseGenerator(NoiseParams(white_asd=1.0, f_knee_hz=0.05, alpha=1.5), fs, seed=4).generate_many([0, 1], 0, 1 << 17)
+    p = fit_noise_params(tod, fs)
+    f = np.array(p.table_freq_hz)
+    # a generator without power of its own: the model is unchanged (gain 1)
+    same = slow_noise_complement(p, f, np.zeros_like(f), cut)
+    assert np.allclose(same.table_psd, p.table_psd)
+    # one with half the total power at every frequency: below the cut (low-pass ~ 1) the table halves,
+    # far above it (where the low-pass power is < half) it stays
+    half = slow_noise_complement(p, f, 0.5 * np.array(p.table_psd), cut)
+    r = np.array(half.table_psd) / np.array(p.table_psd)
+    assert np.allclose(r[f < 0.3 * cut], 0.5, rtol=0.02)
+    assert np.allclose(r[f > 3 * cut], 1.0)
+    # one that alone exceeds the total below the cut: nothing (min_gain) is added there
+    over = slow_noise_complement(p, f, 2.0 * np.array(p.table_psd), cut, min_gain=1e-3)
+    ro = np.array(over.table_psd) / np.array(p.table_psd)
+    assert np.allclose(ro, 1e-3) and over.white_asd == p.white_asd
+    # the total slow + own PSD reproduces the model below the cut, from a measured PSD on another grid
+    own_tod = 0.6 * NoiseGenerator(NoiseParams(white_asd=1.0, f_knee_hz=0.05, alpha=1.5), fs, seed=5).generate_many([0, 1], 0, 1 << 17)
+    fo, po = measured_psd(own_tod + rng.normal(0, 1e-9, own_tod.shape), fs, nperseg=8192)
+    cal = slow_noise_complement(p, fo, po, cut)
+    low = f < 0.5 * cut
+    total = np.array(cal.table_psd)[low] * lowpass_power(f[low], cut) + np.interp(f[low], fo, po)
+    assert np.allclose(total / np.array(p.table_psd)[low], 1.0, rtol=0.15)
+    assert slow_noise_complement(NoiseParams(), f, np.zeros_like(f), cut) == NoiseParams()  # no table: unchanged

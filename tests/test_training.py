@@ -64,7 +64,7 @@ def test_few_steps_change_weights_and_write_history_and_model(source, tmp_path):
                 assert row[c] is not None, c
     assert open(out / "history.csv").readline().strip().split(",") == list(COLUMNS)
     m = load_model(out, sampling_rate_hz=19.0, window_samples=64)
-    assert not m.generator.training and m.highpass_hz == pytest.approx(19.0 / 64) and m.noise_params is not None
+    assert not m.generator.training and m.highpass_hz == pytest.approx(19.0 / (4 * 64)) and m.noise_params is not None
     assert m.extra["epoch"] == r.best_epoch and r.best_epoch in (2, 3)
     with torch.no_grad():
         y = m.generator(torch.randn(m.generator.latent_shape(2, 20)))
@@ -299,7 +299,8 @@ def test_output_bound_is_the_training_range_plus_margin(source, tmp_path):
     r = _train(source, tmp_path / "b", output_bound_margin=0.3)
     from crab.transform import AmplitudeTransform
 
-    data = prepare_training_data([source], window_samples=64, transform=AmplitudeTransform.from_dict(load_checkpoint(tmp_path / "b")["transform"]))
+    data = prepare_training_data([source], window_samples=64, transform=AmplitudeTransform.from_dict(load_checkpoint(tmp_path / "b")["transform"]),
+                                 highpass_clip_sigma=TrainConfig().highpass_clip_sigma)
     lo = min(float(s.min()) for s in data.train)
     hi = max(float(s.max()) for s in data.train)
     m = load_model(tmp_path / "b")
@@ -332,3 +333,63 @@ def test_feature_matching_option(source, tmp_path):
     assert _changed(a["generator"], b["generator"])
     with pytest.raises(InputError):
         TrainConfig(feature_weight=-0.1)
+
+
+def test_slow_noise_calibration_option(source, tmp_path):
+    from crab.dataset import prepare_training_data
+    from crab.training import calibrated_noise_params
+
+    _train(source, tmp_path / "cal", loss="wgan-gp")
+    _train(source, tmp_path / "raw", loss="wgan-gp", slow_noise_calibration=False)
+    cal, raw = load_model(tmp_path / "cal"), load_model(tmp_path / "raw")
+    data = prepare_training_data([source], window_samples=64)
+    assert raw.noise_params == data.noise_params  # as fitted on the training data
+    f = np.array(cal.noise_params.table_freq_hz)
+    r = np.array(cal.noise_params.table_psd) / np.array(raw.noise_params.table_psd)
+    assert np.all(r <= 1.0 + 1e-12) and np.all(r > 0)
+    assert np.all(r[f > 4 * cal.highpass_hz] == 1.0)  # far above the cut the slow noise is ~0 anyway: untouched
+    # a generator whose output is a large slow wave: no slow noise is added below the cut
+    G = cal.generator
+    with torch.no_grad():
+        G.head.weight.zero_()
+        G.head.bias.zero_()
+        G.stem[0].weight.zero_()
+    amp = 20.0 * float(np.sqrt(max(raw.noise_params.table_psd)))  # TOD units, far above the noise
+
+    class Wave(torch.nn.Module):
+        def __init__(self, g):
+            super().__init__()
+            self.g, self.streaming, self.cfg, self.margin_latents = g, True, g.cfg, g.margin_latents
+
+        def latent_shape(self, batch, steps):
+            return self.g.latent_shape(batch, steps)
+
+        def forward(self, z, cond=None):
+            n = z.shape[-1] * self.cfg.upsample_factor
+            t = torch.arange(n, dtype=torch.float32) / 19.0
+            x = amp * torch.randn(z.shape[0], 1, n // 64).repeat_interleave(64, -1)[..., :n]  # ~0.1-0.3 Hz steps
+            return data.transform.forward(x + data.transform.offset + 0 * t)
+
+    p = calibrated_noise_params(Wave(G), data, seed=1)
+    fw = np.array(p.table_freq_hz)
+    rw = np.array(p.table_psd) / np.array(data.noise_params.table_psd)
+    assert np.all(rw[fw < cal.highpass_hz] < 0.01)
+
+
+def test_glitch_preserving_highpass_option_and_old_checkpoints(source, tmp_path):
+    from crab.training import checkpoint_train_config
+
+    assert TrainConfig().highpass_clip_sigma == 5.0
+    with pytest.raises(InputError):
+        TrainConfig(highpass_clip_sigma=0.0)
+    a = _weights(source, tmp_path, "clip", **BASE, loss="wgan-gp")
+    b = _weights(source, tmp_path, "plain", **BASE, loss="wgan-gp", highpass_clip_sigma=None)
+    assert _changed(a["generator"], b["generator"])  # other training data
+    # a checkpoint written before the option existed was trained on plain high-passed data: resumed so
+    p = tmp_path / "plain" / "checkpoint.pt"
+    ck = torch.load(p, weights_only=True)
+    del ck["train_config"]["highpass_clip_sigma"]
+    torch.save(ck, p)
+    assert checkpoint_train_config(tmp_path / "plain").highpass_clip_sigma is None
+    r = train([source], tmp_path / "plain", None, None, resume=True, progress=False)
+    assert r.epochs_done == 1

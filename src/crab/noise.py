@@ -416,3 +416,60 @@ def fit_noise_params(
     lowest = tf_a <= tf_a[0] * 4.0  # slope of the lowest two octaves, for the extrapolation below the table
     slope = 0.0 if lowest.sum() < 2 else float(np.clip(-np.polyfit(np.log(tf_a[lowest]), np.log(tp_a[lowest]), 1)[0], 0.0, 2.0))
     return NoiseParams(**params, table_freq_hz=tuple(tf), table_psd=tuple(tp), table_low_slope=slope)
+
+
+def measured_psd(tod: np.ndarray, sampling_rate_hz: float, nperseg: int = 4096, clip_sigma: float | None = 5.0) -> tuple[np.ndarray, np.ndarray]:
+    """``(freq_hz, psd)``: the glitch-clipped, median-averaged Welch PSD of one or more rows, rows averaged linearly.
+
+    The same estimate as the table of :func:`fit_noise_params` before its
+    octave binning (zero frequency dropped), so the two can be compared.
+    """
+    rows = np.atleast_2d(np.asarray(tod, dtype=np.float64))
+    if clip_sigma is not None:
+        rows = clip_glitches(rows, sampling_rate_hz, clip_sigma)
+    psds = [welch_psd(row, sampling_rate_hz, nperseg=nperseg, robust=True) for row in rows]
+    return psds[0][0][1:], np.mean([p[1:] for _, p in psds], axis=0)
+
+
+def slow_noise_complement(params: NoiseParams, freq_hz: np.ndarray, own_psd: np.ndarray, lowpass_hz: float, min_gain: float = 1e-3, smooth_hz: float = 0.0) -> NoiseParams:
+    """The slow-noise model to add, low-passed at ``lowpass_hz``, to a generator whose output already has ``own_psd``.
+
+    Generation adds ``NoiseGenerator(params, lowpass_hz=cut)`` to the GAN
+    output: PSD ``S(f) * L(f)`` (``L`` = :func:`lowpass_power`) on top of the
+    GAN's own PSD ``G(f)``.  The GAN is trained on high-passed data, but its
+    output is not exactly high-passed (its receptive field is a few seconds,
+    so its spectrum flattens below the cut instead of falling like ``1 - L``),
+    and ``S * L + G`` double counts the power below the cut.  This returns
+    ``params`` with its PSD table multiplied by
+
+    ``gain(f) = clip((S(f) - G(f)) / (S(f) L(f)), min_gain, 1)``
+
+    so that the slow noise is ``min(S L, max(S - G, min_gain S L))``: never
+    more than before, and the sum matches ``S`` wherever the GAN alone does
+    not already exceed it.  ``own_psd`` (at ``freq_hz``, e.g. from
+    :func:`measured_psd`) is averaged over the band around each table
+    frequency, widened to at least ``+-smooth_hz`` (a generator with a
+    receptive field of a few seconds has a smooth spectrum; the wider average
+    keeps the estimate's scatter out of the gain at the lowest frequencies).
+    Without a table, ``params`` is returned unchanged.
+    """
+    if not params.table_freq_hz:
+        return params
+    tf = np.asarray(params.table_freq_hz)
+    tp = np.asarray(params.table_psd)
+    f = np.asarray(freq_hz, dtype=np.float64)
+    g = np.asarray(own_psd, dtype=np.float64)
+    ok = (f > 0) & np.isfinite(g) & (g >= 0)
+    f, g = f[ok], g[ok]
+    if f.size < 2:
+        return params
+    mid = np.sqrt(tf[1:] * tf[:-1])
+    lo = np.minimum(np.concatenate([[tf[0] ** 2 / mid[0]], mid]), tf - smooth_hz)
+    hi = np.maximum(np.concatenate([mid, [tf[-1] ** 2 / mid[-1]]]), tf + smooth_hz)
+    own = np.empty_like(tp)
+    for i in range(tf.size):
+        m = (f >= lo[i]) & (f < hi[i])
+        own[i] = g[m].mean() if m.any() else np.exp(np.interp(np.log(tf[i]), np.log(f), np.log(np.maximum(g, 1e-300))))
+    lp = np.maximum(lowpass_power(tf, lowpass_hz), 1e-300)
+    gain = np.clip((tp - own) / (tp * lp), min_gain, 1.0)
+    return NoiseParams(**{**params.to_dict(), "table_psd": tuple(float(v) for v in tp * gain)})

@@ -60,7 +60,7 @@ _FIELDS = {
 @click.option("--label-smoothing", type=float, default=None, help="One-sided label smoothing (real target 1 - s).")
 @click.option("--synthetic-weight", type=float, default=None, callback=positive_float, help="Weight of the synthetic term of the discriminator loss.")
 @click.option("--ema-decay", type=float, default=None, help="EMA of the generator weights (0 disables).")
-@click.option("--highpass-hz", type=float, default=None, help="High-pass cut before windowing (Hz; 0 disables). [default: sampling rate / window]")
+@click.option("--highpass-hz", type=float, default=None, help="High-pass cut before windowing (Hz; 0 disables). [default: sampling rate / (4 x window)]")
 @click.option("--val-fraction", type=float, default=None, help="Last fraction of each series kept for validation.")
 @click.option("--latent-dim", type=int, default=None, callback=positive_int, help="Latent channels of the generator.")
 @click.option("--generator-arch", type=click.Choice(["streaming", "paper"]), default=None, help="Streaming (fully convolutional, default) or the paper's dense-input generator.")
