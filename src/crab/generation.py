@@ -204,13 +204,6 @@ class _Unsupported(Exception):
     pass
 
 
-def torch_from_numpy(a: np.ndarray):
-    """``torch.from_numpy`` (torch imported lazily: template generation runs without it)."""
-    import torch
-
-    return torch.from_numpy(a)
-
-
 class _FastStreamingNet:
     """The streaming generator rewritten for inference (see the module docstring).
 
@@ -368,14 +361,18 @@ class _FastStreamingNet:
 
     @staticmethod
     def _bias(spec: tuple, cond: np.ndarray | None):
-        """The layer's float32 bias: fixed, or shifted by the conditions (bias + bc @ cond)."""
+        """The layer's float32 bias (numpy or torch, as stored): fixed, or shifted by the conditions (bias + bc @ cond)."""
         bias64, bias32, bc = spec
         if bc is None:
             return bias32
         if cond is None:
             raise ValueError("this generator is conditioned: give cond")
         b = (bias64 + bc @ cond).astype(np.float32)
-        return b if isinstance(bias32, np.ndarray) else torch_from_numpy(b)
+        if isinstance(bias32, np.ndarray):
+            return b
+        import torch
+
+        return torch.from_numpy(b)
 
     def run(self, z, cond: np.ndarray | None = None) -> np.ndarray:
         """Valid outputs for latents ``z`` (torch (n_steps, latent_dim)): float32 numpy (out_channels, n_out).
@@ -789,6 +786,15 @@ class TodGenerator:
         """The generation settings that define the bytes (for the run record)."""
         return {"seed": self.seed, **self.source.describe()}
 
+    def detector_names(self, detectors: int | Sequence[int]) -> list[str]:
+        """Default names of ``detectors``: ``W00_D000, ...`` (one wafer), or for a joint (wafer)
+        model ``W{key}_D{row}`` (key = wafer, row = detector of the wafer)."""
+        if self.source.rows == 1:
+            from .tod_io import default_detector_names
+
+            return default_detector_names(len(self._rows(detectors)))
+        return [f"W{k:02d}_D{r:03d}" for k, r in self._rows(detectors)]
+
     def _rows(self, detectors: int | Sequence[int]) -> list[tuple[int, int]]:
         """(key, row) of each requested detector."""
         R = self.source.rows
@@ -1108,7 +1114,7 @@ def generate_to_file(
     """
     from . import __version__
     from .provenance import run_record
-    from .tod_io import TodMetadata, TodWriter, default_detector_names
+    from .tod_io import TodMetadata, TodWriter
 
     path = Path(out)
     if path.exists() and not overwrite:
@@ -1118,12 +1124,7 @@ def generate_to_file(
     gen, s0, n = _plan(model, seed, duration_s, start_s, gen_kw)
     fs = gen.sampling_rate_hz
     n_det = len(gen._rows(n_detectors))
-    if detector_names is not None:
-        names = list(detector_names)
-    elif gen.source.rows > 1:  # a joint (wafer) model: key = wafer, row = detector of the wafer
-        names = [f"W{k:02d}_D{r:03d}" for k, r in gen._rows(n_detectors)]
-    else:
-        names = default_detector_names(n_det)
+    names = list(detector_names) if detector_names is not None else gen.detector_names(n_detectors)
     if len(names) != n_det:
         raise InputError(f"{len(names)} detector names for {n_det} detectors")
     model_path = getattr(gen.model, "path", None)

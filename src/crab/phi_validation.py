@@ -33,7 +33,6 @@ import numpy as np
 
 from . import __version__
 from . import metrics as M
-from . import rng
 from .errors import InputError
 from .provenance import to_jsonable, write_json
 from .tod_io import read_tod
@@ -101,7 +100,7 @@ def _rate(counts_per_block: np.ndarray, exposure_h: float) -> tuple[float, float
     return r, e * np.sqrt(max(1.0, M.dispersion_index(counts_per_block)))
 
 
-def _summarise(an, n_null_masks: list[np.ndarray] | None = None) -> dict[str, Any]:
+def _summarise(an) -> dict[str, Any]:
     nb = an.n_blocks
     allb = np.ones(nb, bool)
     rate, rate_e = _rate(an.block_counts, an.exposure_det_h(allb))
@@ -148,7 +147,7 @@ def validate_phi(
         Write ``phi.png``.
     """
     from .generation import TodGenerator
-    from .validation import ValidationConfig, _null, _random_half, analyse, stat_amplitude
+    from .validation import ValidationConfig, _null, analyse, null_masks, stat_amplitude
 
     if list(getattr(model, "cond_names", []) or []) != ["phi_gv"]:
         raise InputError(f"the model is conditioned on {list(getattr(model, 'cond_names', []) or [])}, not on ['phi_gv']: train it with --condition phi")
@@ -172,14 +171,10 @@ def validate_phi(
         n_det, n = ref.tod.shape
         gen = TodGenerator(model, seed, cond={"phi_gv": phi}, allow_extrapolation=allow_extrapolation)
         syn = gen.generate(n_det, 0, int(round(n * duration_factor)))
-        names = list(ref.meta.detectors)
-        if gen.source.rows > 1:  # joint model: detectors of one key share a wafer
-            names = [f"W{k:02d}_D{r:03d}" for k, r in gen._rows(n_det)]
+        names = gen.detector_names(n_det) if gen.source.rows > 1 else list(ref.meta.detectors)  # joint model: its wafers
         ref_an = analyse(ref.tod, fs, list(ref.meta.detectors), cfg, name=f"MC phi={phi:g}")
         syn_an = analyse(syn, fs, names, cfg, scale_sigma=float(np.median(ref_an.sigma)), name=f"model phi={phi:g}")
-        g = rng.generator(cfg.seed, "validation", 1)
-        masks = [_random_half(g, ref_an.n_blocks) for _ in range(cfg.n_null)]
-        thr, _, _ = M.null_threshold(_null(stat_amplitude, ref_an, masks), cfg.n_sigma_target)
+        thr, _, _ = M.null_threshold(_null(stat_amplitude, ref_an, null_masks(cfg, ref_an.n_blocks)), cfg.n_sigma_target)
         ks, q = stat_amplitude(ref_an, np.ones(ref_an.n_blocks, bool), syn_an, np.ones(syn_an.n_blocks, bool))
         a, b = _summarise(ref_an), _summarise(syn_an)
         points.append(

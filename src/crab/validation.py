@@ -686,6 +686,12 @@ def _random_half(g: np.random.Generator, n_blocks: int) -> np.ndarray:
     return m
 
 
+def null_masks(cfg: ValidationConfig, n_blocks: int) -> list[np.ndarray]:
+    """The ``cfg.n_null`` random half-splits of ``n_blocks`` reference blocks (seeded by ``cfg.seed``)."""
+    g = rng.generator(cfg.seed, "validation", 1)
+    return [_random_half(g, n_blocks) for _ in range(cfg.n_null)]
+
+
 def _null(stat: Stat, ref: SetAnalysis, masks: list[np.ndarray]) -> np.ndarray:
     return np.array([stat(ref, m, ref, ~m)[0] for m in masks])
 
@@ -878,8 +884,7 @@ def validate(
         half_a = np.arange(nb) < nb // 2
         half_b = ~half_a
         all_ref = np.ones(nb, bool)
-        g = rng.generator(cfg.seed, "validation", 1)
-        null_masks = [_random_half(g, nb) for _ in range(cfg.n_null)]
+        masks = null_masks(cfg, nb)
         if len(ref_an.glitches) < 20:
             warns.append(f"the reference has only {len(ref_an.glitches)} detected glitches: glitch metrics are weak")
 
@@ -903,7 +908,7 @@ def validate(
         nulls = {}
         floors = {}
         for name, (_, _, st) in stats.items():
-            nulls[name] = M.null_threshold(_null(st, ref_an, null_masks), _Builder(cfg).nsig(name))
+            nulls[name] = M.null_threshold(_null(st, ref_an, masks), _Builder(cfg).nsig(name))
             floors[name] = st(ref_an, half_a, ref_an, half_b)
         pb.update()
 
@@ -931,7 +936,7 @@ def validate(
         for si, (sname, san) in enumerate(syn_an.items()):
             all_syn = np.ones(san.n_blocks, bool)
             mres: dict[str, MetricResult] = {}
-            mres.update(_rate_metrics(b, ref_an, san, half_a, half_b, cfg, null_masks, infl_cache))
+            mres.update(_rate_metrics(b, ref_an, san, half_a, half_b, cfg, masks, infl_cache))
             for name, (group, desc, st) in stats.items():
                 val, q = st(ref_an, all_ref, san, all_syn)
                 fl, fq = floors[name]
