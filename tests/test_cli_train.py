@@ -55,6 +55,19 @@ def test_train_and_resume(tmp_path, npz, capsys):
     assert code == 2 and "--overwrite" in res.err
 
 
+def test_event_channel_options(tmp_path, npz, capsys):
+    """--event-channels adds sparse event inputs beside the Gaussian noise channel; the model generates."""
+    out = tmp_path / "model"
+    fast = [a for a in FAST if a not in ("--latent-dim", "20")]
+    _ok(capsys, "train", "--data", npz(), "--out", out, "--epochs", 1, *fast, "--event-channels", 2, "--event-threshold", 2.0, "--event-subsample")
+    mc = load_model(out).model_config
+    assert (mc.event_channels, mc.noise_dim, mc.event_threshold, mc.event_subsample) == (2, 48, 2.0, True)
+    assert mc.latent_dim == mc.noise_dim + 8
+    _ok(capsys, "generate", "--model", out, "--duration", "60", "--detectors", 2, "--out", tmp_path / "g.h5", "--no-progress")
+    code, res = _run(capsys, "train", "--data", npz(), "--out", tmp_path / "m2", "--epochs", 1, *FAST, "--event-channels", 3)
+    assert code == 2 and res.err.count("\n") == 1 and "noise_dim" in res.err  # --latent-dim 20 leaves no room for 4 noise channels
+
+
 @pytest.mark.parametrize(
     "case, message",
     [("missing", "not found"), ("nan", "NaN"), ("short", "too few samples"), ("rates", "different sampling rates"), ("window", "multiple of 16")],

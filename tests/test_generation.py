@@ -87,8 +87,16 @@ def test_latent_sequence_is_position_addressed():
 # --------------------------------------------------------------------------- fast inference
 @pytest.mark.parametrize(
     "cfg",
-    [{}, {"noise_dim": 0, "latent_dim": 8, "kernel_size": 3}, {"noise_dim": 32, "latent_dim": 40, "kernel_size": 7}, {"cond_dim": 1}, {"output_bounds": (-0.8, 1.2)}],
-    ids=["default", "no-noise-k3", "2noise-k7", "cond", "bounded"],
+    [
+        {},
+        {"noise_dim": 0, "latent_dim": 8, "kernel_size": 3},
+        {"noise_dim": 32, "latent_dim": 40, "kernel_size": 7},
+        {"cond_dim": 1},
+        {"output_bounds": (-0.8, 1.2)},
+        {"noise_dim": 32, "latent_dim": 40, "event_channels": 1, "event_threshold": 1.5},
+        {"noise_dim": 48, "latent_dim": 56, "event_channels": 2, "event_threshold": 1.0, "event_subsample": True},
+    ],
+    ids=["default", "no-noise-k3", "2noise-k7", "cond", "bounded", "events", "subsample-events"],
 )
 def test_fast_inference_matches_the_module(tmp_path, cfg):
     m = load_model(make_model_dir(tmp_path, **cfg))

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from crab.model import Discriminator, Generator, ModelConfig
+from crab.model import Discriminator, Generator, ModelConfig, event_noise
 
 SMALL = dict(window_samples=64, latent_dim=20, generator_channels=(8, 8, 8, 8, 8), discriminator_channels=(8, 8, 8, 8))
 
@@ -44,6 +44,43 @@ def test_noise_channels_feed_full_resolution_noise():
     changed = torch.nonzero(d > 1e-6).flatten()
     assert changed.min() >= 16 * 6 + 5 - 4 and changed.max() <= 16 * 6 + 5 + 4  # local: two k=5 convolutions
     assert ModelConfig(**{**SMALL, "noise_dim": 0}).noise_dim == 0
+
+
+def test_event_channels_are_a_sparse_point_process():
+    """The last noise channels become events: zero except where |z| > threshold, at that exact sample."""
+    torch.manual_seed(0)
+    noise = torch.randn(3, 2, 5000)
+    sp = event_noise(noise, 1, 2.0)
+    assert torch.equal(sp[:, 0], noise[:, 0])  # the Gaussian channel is untouched
+    ev = sp[:, 1]
+    assert torch.equal(ev == 0, noise[:, 1].abs() <= 2.0)
+    assert abs((ev != 0).float().mean().item() - 0.0455) < 0.005  # P(|z| > 2)
+    # sub-sample placement: each event is split between its sample and the next, the total is kept
+    sub = event_noise(noise, 1, 2.0, subsample=True)[:, 1]
+    p_last = 0.5 * (1 + torch.erf(noise[:, 0, -1] / 2**0.5))
+    assert torch.allclose(sub.sum(1) + ev[:, -1] * p_last, ev.sum(1), atol=1e-3)  # only the last sample's moved part is lost
+    i = torch.nonzero(ev[0, :-2] * (ev[0, 1:-1] == 0) * torch.cat([torch.ones(1), (ev[0, :-3] == 0).float()])).flatten()[0]  # an isolated event
+    p = 0.5 * (1 + torch.erf(noise[0, 0, i] / 2**0.5))
+    assert torch.isclose(sub[0, i], ev[0, i] * (1 - p)) and torch.isclose(sub[0, i + 1], ev[0, i] * p)
+    assert 0.4 < float((sub[:, 1:] != 0).sum() - (ev[:, 1:] != 0).sum()) / float((ev != 0).sum()) < 1.0  # next samples gain events
+
+    cfg = ModelConfig(**{**SMALL, "noise_dim": 32, "latent_dim": 36, "event_channels": 1, "event_threshold": 2.0})
+    g = Generator(cfg).eval()
+    z = torch.randn(1, 36, 12)
+    z[0, 4 + 16 + 5, 6] = 0.5  # event channel (noise channel 1), latent step 6 -> sample 16 * 6 + 5
+    z2 = z.clone()
+    z2[0, 4 + 16 + 5, 6] = 1.5  # still below the threshold: no change
+    with torch.no_grad():
+        assert torch.equal(g(z2), g(z))
+        z2[0, 4 + 16 + 5, 6] = 3.0  # an event: changes the output, locally
+        changed = torch.nonzero((g(z2) - g(z)).abs()[0, 0] > 1e-6).flatten()
+    assert len(changed) and changed.min() >= 16 * 6 + 5 - 4 and changed.max() <= 16 * 6 + 5 + 4
+    with pytest.raises(ValueError, match="event_channels"):
+        ModelConfig(**{**SMALL, "event_channels": 2})  # only one noise channel
+    with pytest.raises(ValueError, match="event_channels"):
+        ModelConfig(**{**SMALL, "event_channels": -1})
+    with pytest.raises(ValueError, match="Gaussian noise channel"):
+        ModelConfig(**{**SMALL, "event_channels": 1, "event_subsample": True})
 
 
 def test_paper_generator_shape():

@@ -233,6 +233,7 @@ class _FastStreamingNet:
         if self.noise_dim % f:
             raise _Unsupported(f"noise_dim {self.noise_dim} not a multiple of {f}")
         n_noise = self.noise_dim // f  # full-resolution noise channels fed to the last up stage
+        self.n_event, self.event_threshold, self.event_subsample = int(cfg.event_channels), float(cfg.event_threshold), bool(cfg.event_subsample)
         self.latent_dim = int(getattr(gen, "input_latent_dim", cfg.latent_dim))  # one run's latents (shared + own when exchangeable)
         layers: list[dict[str, Any]] = []
         pending_up = False
@@ -381,6 +382,8 @@ class _FastStreamingNet:
         import torch
         import torch.nn.functional as F
 
+        from .model import event_noise
+
         c = None if cond is None else np.asarray(cond, dtype=np.float64).reshape(self.n_cond)
 
         nd = self.noise_dim
@@ -392,6 +395,8 @@ class _FastStreamingNet:
             n_noise = nd // f
             zn = z[:, self.latent_dim - nd :]
             full = zn.reshape(steps, n_noise, f).transpose(1, 2).reshape(steps * f, n_noise)
+            if self.n_event:
+                full = event_noise(full.T, self.n_event, self.event_threshold, self.event_subsample).T.contiguous()
             noise = full.reshape(steps * f // 2, 2 * n_noise)
             h = z[:, : self.latent_dim - nd]
         else:

@@ -80,6 +80,23 @@ class ModelConfig:
         last upsampling stage, like StyleGAN's noise inputs.  Without them a
         generator that only upsamples a coarse latent cannot produce the
         sample-to-sample white noise of the TOD.  0 disables.
+    event_channels : int
+        Streaming generator only (ignored by the paper's): how many of the full-resolution noise
+        channels (the last ones) are *event* channels, a sparse point process
+        instead of Gaussian noise: a value ``|z| <= event_threshold`` is set
+        to 0 (:func:`event_noise`).  Cosmic-ray hits are a Poisson process
+        of discrete events; a network fed only continuous latents can only
+        interpolate between "no glitch" and "glitch", and puts too many
+        glitches just above the noise.  An event channel says *that* and
+        *where* (to the sample) something happens; the Gaussian channels and
+        the coarse latents shape it.  0 disables.
+    event_threshold : float
+        Threshold of the event channels (in units of the standard normal
+        latent): probability ``2 * (1 - Phi(t))`` of an event per sample
+        (1.2 % for 2.5, i.e. 0.24 events per second at 19 Hz).
+    event_subsample : bool
+        Place each event at a random time between two samples (split between
+        them, see :func:`event_noise`); needs a Gaussian noise channel.
     generator_arch : str
         ``"streaming"`` or ``"paper"`` (see module docstring).
     generator_channels : tuple of int
@@ -140,6 +157,9 @@ class ModelConfig:
     output_bound_width: float = 0.5
     discriminator_diff: bool = True
     shared_latent_dim: int = 0
+    event_channels: int = 0
+    event_threshold: float = 2.5
+    event_subsample: bool = False
     n_upsample: int = field(default=4, init=False)
 
     def __post_init__(self) -> None:
@@ -158,6 +178,15 @@ class ModelConfig:
             raise ValueError(
                 f"noise_dim must be a multiple of {self.upsample_factor} and smaller than latent_dim ({self.latent_dim}), got {self.noise_dim}"
             )
+        if self.event_channels < 0 or (self.generator_arch == "streaming" and self.event_channels > self.noise_dim // self.upsample_factor):
+            raise ValueError(
+                f"event_channels ({self.event_channels}) must be >= 0 and at most the noise channels of the streaming generator, "
+                f"noise_dim / {self.upsample_factor} = {self.noise_dim // self.upsample_factor}"
+            )
+        if self.event_subsample and self.event_channels and self.generator_arch == "streaming" and self.event_channels >= self.noise_dim // self.upsample_factor:
+            raise ValueError("event_subsample needs a Gaussian noise channel besides the event channels (noise_dim / 16 > event_channels)")
+        if not (self.event_threshold >= 0 and math.isfinite(self.event_threshold)):
+            raise ValueError(f"event_threshold must be finite and >= 0, got {self.event_threshold}")
         if self.shared_latent_dim < 0 or (self.shared_latent_dim and (self.generator_arch != "streaming" or self.out_channels < 2)):
             raise ValueError(f"shared_latent_dim ({self.shared_latent_dim}) needs the streaming generator with out_channels >= 2")
         if len(self.generator_channels) != self.n_upsample + 1:
@@ -212,6 +241,34 @@ def soft_bound(y, lo: float, hi: float, width: float):
     out = np.where(y > a, a + w * np.tanh((y - a) / w), y)
     out = np.where(y < b, b + w * np.tanh((y - b) / w), out)
     return out.astype(y.dtype, copy=False)
+
+
+def event_noise(noise: torch.Tensor, n_event_channels: int, threshold: float, subsample: bool = False) -> torch.Tensor:
+    """Turn the last ``n_event_channels`` full-resolution noise channels into sparse event channels.
+
+    ``noise`` (..., n_noise, n_samples): the generator's full-resolution noise
+    inputs (standard normal).  In each event channel every value with
+    ``|z| <= threshold`` becomes 0 and the others are kept.  With
+    ``subsample`` each event is moreover split between its sample and the
+    next in proportions ``1 - p`` and ``p``, with ``p = Phi(g)`` uniform in
+    (0, 1) from the first (Gaussian) noise channel at that sample: an event
+    at a random time *between* samples, as a linear interpolation places an
+    impulse, so that a convolution can give the sub-sample spread of
+    glitch shapes the anti-alias filter gives a real TOD.  An event in the
+    last sample loses its moved part (it belongs to the next samples, which a
+    streaming generator always computes with a margin).  The same function
+    serves training and streaming generation.  Returns a new tensor.
+    """
+    if not n_event_channels:
+        return noise
+    k = noise.shape[-2] - n_event_channels
+    gauss, ev = noise[..., :k, :], noise[..., k:, :]
+    ev = torch.where(ev.abs() > threshold, ev, torch.zeros_like(ev))
+    if subsample:
+        p = 0.5 * (1.0 + torch.erf(gauss[..., :1, :] / math.sqrt(2.0)))
+        moved = ev * p
+        ev = ev - moved + torch.nn.functional.pad(moved[..., :-1], (1, 0))
+    return torch.cat([gauss, ev], -2)
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -320,6 +377,7 @@ class Generator(nn.Module):
                 b, f, steps = z.shape[0], self.cfg.upsample_factor, z.shape[-1]
                 zn = z[:, z.shape[1] - self.noise_dim :]
                 noise = zn.reshape(b, -1, f, steps).transpose(2, 3).reshape(b, -1, steps * f)
+                noise = event_noise(noise, self.cfg.event_channels, self.cfg.event_threshold, self.cfg.event_subsample)
                 z = z[:, : z.shape[1] - self.noise_dim]
             x = z if cond is None else torch.cat([z, cond[:, :, None].expand(-1, -1, z.shape[-1])], 1)
         else:

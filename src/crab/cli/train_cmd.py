@@ -63,13 +63,21 @@ _FIELDS = {
 @click.option("--highpass-hz", type=float, default=None, help="High-pass cut before windowing (Hz; 0 disables). [default: sampling rate / (4 x window)]")
 @click.option("--val-fraction", type=float, default=None, help="Last fraction of each series kept for validation.")
 @click.option("--latent-dim", type=int, default=None, callback=positive_int, help="Latent channels of the generator.")
+@click.option(
+    "--event-channels",
+    type=int,
+    default=None,
+    help="Full-resolution event channels of the streaming generator: sparse point-process inputs (|z| > --event-threshold) beside its Gaussian noise channel. [default: 0]",
+)
+@click.option("--event-threshold", type=float, default=None, callback=positive_float, help="Threshold of the event channels (standard-normal units; 2.5: 1.2 %% of samples).")
+@click.option("--event-subsample", is_flag=True, default=None, help="Place each event at a random time between two samples.")
 @click.option("--generator-arch", type=click.Choice(["streaming", "paper"]), default=None, help="Streaming (fully convolutional, default) or the paper's dense-input generator.")
 @click.option("--threads", type=int, default=None, callback=positive_int, help="Torch CPU threads.")
 @click.option("--condition", "condition_on", multiple=True, help="Condition both networks on this quantity of the files (phi: the solar modulation potential; give files at several phi).")
 @click.option("--joint-detectors", is_flag=True, default=None, help="Generate the detectors of a file jointly (one multi-channel window per wafer: simultaneous common-mode glitches).")
 @click.option("--recipe", type=click.Choice(["default", "paper"]), default="default", show_default=True, help="Starting hyper-parameters: CRAB's defaults (WGAN-GP) or the paper's (BCE, SGD for D, Adam for G); options given here override them.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(data, out, resume, overwrite, quiet, latent_dim, generator_arch, recipe, **opts):
+def train(data, out, resume, overwrite, quiet, latent_dim, generator_arch, recipe, event_channels, event_threshold, event_subsample, **opts):
     """Train the GAN on TOD from `crab simulate` (or your own Monte Carlo).
 
     \b
@@ -90,11 +98,19 @@ def train(data, out, resume, overwrite, quiet, latent_dim, generator_arch, recip
     model_config = None
     if resume:
         base = checkpoint_train_config(out)
-        if latent_dim is not None or generator_arch is not None or recipe != "default":
-            raise InputError("--latent-dim, --generator-arch and --recipe cannot change when resuming")
+        if latent_dim is not None or generator_arch is not None or recipe != "default" or event_channels is not None or event_threshold is not None or event_subsample:
+            raise InputError("--latent-dim, --generator-arch, --event-* and --recipe cannot change when resuming")
     else:
         base = TrainConfig.paper() if recipe == "paper" else TrainConfig()
-        mkw = {k: v for k, v in (("latent_dim", latent_dim), ("generator_arch", generator_arch)) if v is not None}
+        mkw = {k: v for k, v in (("latent_dim", latent_dim), ("generator_arch", generator_arch), ("event_threshold", event_threshold), ("event_subsample", event_subsample)) if v is not None}
+        if event_channels is not None:
+            if event_channels < 0:
+                raise InputError(f"--event-channels must be >= 0, got {event_channels}")
+            # one Gaussian full-resolution noise channel plus the event channels (16 latents each)
+            base_model = ModelConfig()
+            coarse = base_model.latent_dim - base_model.noise_dim
+            mkw.update(event_channels=event_channels, noise_dim=16 * (1 + event_channels))
+            mkw.setdefault("latent_dim", coarse + 16 * (1 + event_channels))
         try:
             model_config = ModelConfig(**mkw, window_samples=overrides.get("window_samples", base.window_samples))
         except ValueError as exc:

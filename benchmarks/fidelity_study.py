@@ -1,0 +1,106 @@
+"""Fidelity of GAN variants on held-out Monte Carlo (issue 5): train, generate, validate, print one table.
+
+Usage::
+
+    python benchmarks/fidelity_study.py --out fid                        # default model vs event channels, seed 1
+    python benchmarks/fidelity_study.py --out fid --seeds 1 2 \\
+        --variant default= --variant events=--event-channels=2 \\
+        --variant events_sub=--event-channels=2,--event-subsample      # ~10 min per run on 2 cores
+
+Steps (each skipped when its output exists, so an interrupted study resumes):
+
+1. ``crab simulate`` the training MC (1800 s, 4 detectors, seed 1) and a
+   held-out MC (seed 1001), as ``crab run`` does;
+2. for every variant and seed: ``crab train`` with the variant's options
+   (comma-separated ``crab train`` arguments after ``NAME=``), ``crab generate``
+   1 h of 4 detectors (seed 2001), ``crab validate`` against the held-out MC;
+3. a table of the issue's targets (classifier AUC, glitch rate, amplitude
+   distribution) and the diagnostics that move most with these options
+   (decay times, rate of glitches in bands of amplitude), every statistic
+   beside its floor-derived threshold.
+
+The classifier AUC of one run scatters by about +-0.03 between training
+seeds, so compare variants over several seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+CRAB = [sys.executable, "-c", "from crab.cli import main; main()"]
+BANDS_SIGMA = (5, 10, 20, 40, 100)
+
+
+def _run(*args: object) -> None:
+    print("$ crab " + " ".join(map(str, args)), flush=True)
+    subprocess.run([*CRAB, *map(str, args)], check=True)
+
+
+def amplitude_band_rates(path: Path, scale_sigma: float | None = None) -> tuple[np.ndarray, float]:
+    """Detected glitches per detector-hour in bands of peak amplitude (``BANDS_SIGMA``, units of the noise sigma)."""
+    from crab.tod_io import read_tod
+    from crab.validation import ValidationConfig, analyse
+
+    t = read_tod(path)
+    a = analyse(t.tod, t.meta.sampling_rate_hz, t.meta.detectors, ValidationConfig(), name=path.stem)
+    sig = float(np.median(a.sigma)) if scale_sigma is None else scale_sigma
+    amp = a.y[a.glitches.detector, a.glitches.peak_index] / sig
+    counts = np.histogram(amp, bins=[*BANDS_SIGMA, np.inf])[0]
+    return counts / (a.duration_s * a.n_detectors / 3600.0), sig
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True, help="study folder")
+    ap.add_argument("--variant", action="append", default=None, help="NAME=comma-separated crab train options (repeatable)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1])
+    ap.add_argument("--epochs", type=int, default=None, help="adversarial epochs (default: crab train's)")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    variants = {}
+    for v in args.variant or ["default=", "events=--event-channels=2"]:
+        name, _, opts = v.partition("=")
+        variants[name] = [o for part in opts.split(",") if part for o in part.split("=", 1)]
+
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    mc = {}
+    for tag, seed in (("train", 1), ("heldout", 1001)):
+        mc[tag] = out / f"mc_{tag}.h5"
+        if not mc[tag].exists():
+            _run("simulate", "--duration", 1800, "--detectors", 4, "--sampling-rate", 19, "--phi", 0.6, "--seed", seed, "--out", mc[tag], "--no-progress")
+    ref_rates, sig = amplitude_band_rates(mc["heldout"])
+    rows = []
+    for name, opts in variants.items():
+        for seed in args.seeds:
+            d = out / f"{name}_s{seed}"
+            if not (d / "report" / "metrics.json").exists():
+                extra = [] if args.epochs is None else ["--epochs", args.epochs]
+                extra += [] if args.threads is None else ["--threads", args.threads]
+                _run("train", "--data", mc["train"], "--out", d / "model", "--seed", seed, "--quiet", "--overwrite", *extra, *opts)
+                _run("generate", "--model", d / "model", "--duration", "1h", "--detectors", 4, "--seed", 2001, "--out", d / "gan.h5", "--no-progress")
+                _run("validate", "--reference", mc["heldout"], "--synthetic", f"gan={d / 'gan.h5'}", "--training", mc["train"], "--out", d / "report")
+            m = json.loads((d / "report" / "metrics.json").read_text())["sets"]["gan"]["metrics"]
+            rows.append((name, seed, m, amplitude_band_rates(d / "gan.h5", sig)[0]))
+
+    keys = ["classifier_auc", "glitch_rate", "amplitude_distribution", "amplitude_slope", "decay_time_distribution", "psd_octaves"]
+    print("\nstatistic / threshold (! = fails); glitches per detector-hour in amplitude bands (noise sigma)")
+    bands = " ".join(f">{b}" for b in BANDS_SIGMA)
+    print(f"{'variant':<14}{'seed':>5}  " + "  ".join(f"{k[:18]:>18}" for k in keys) + f"   {bands}")
+    print(f"{'reference MC':<14}{'':>5}  " + "  ".join(f"{'':>18}" for _ in keys) + "   " + " ".join(f"{r:.0f}" for r in ref_rates))
+    for name, seed, m, rates in rows:
+        cells = []
+        for k in keys:
+            v = m[k]
+            cells.append(f"{float(v['value']):.3g}/{float(v['threshold']):.3g}{'' if v['passed'] else '!'}")  # inf/nan are stored as text
+        print(f"{name:<14}{seed:>5}  " + "  ".join(f"{c:>18}" for c in cells) + "   " + " ".join(f"{r:.0f}" for r in rates))
+
+
+if __name__ == "__main__":
+    main()
