@@ -50,7 +50,7 @@ def amplitude_band_rates(path: Path, scale_sigma: float | None = None) -> tuple[
     t = read_tod(path)
     a = analyse(t.tod, t.meta.sampling_rate_hz, t.meta.detectors, ValidationConfig(), name=path.stem)
     sig = float(np.median(a.sigma)) if scale_sigma is None else scale_sigma
-    amp = a.y[a.glitches.detector, a.glitches.peak_index] / sig
+    amp = a.glitches.amplitude / sig  # one scale (the reference's sigma) for every set
     counts = np.histogram(amp, bins=[*BANDS_SIGMA, np.inf])[0]
     return counts / (a.duration_s * a.n_detectors / 3600.0), sig
 

@@ -233,7 +233,7 @@ class _FastStreamingNet:
         if self.noise_dim % f:
             raise _Unsupported(f"noise_dim {self.noise_dim} not a multiple of {f}")
         n_noise = self.noise_dim // f  # full-resolution noise channels fed to the last up stage
-        self.n_event, self.event_threshold, self.event_subsample = int(cfg.event_channels), float(cfg.event_threshold), bool(cfg.event_subsample)
+        self.events = (int(cfg.event_channels), float(cfg.event_threshold), bool(cfg.event_subsample))  # crab.model.event_noise arguments
         self.latent_dim = int(getattr(gen, "input_latent_dim", cfg.latent_dim))  # one run's latents (shared + own when exchangeable)
         layers: list[dict[str, Any]] = []
         pending_up = False
@@ -395,8 +395,8 @@ class _FastStreamingNet:
             n_noise = nd // f
             zn = z[:, self.latent_dim - nd :]
             full = zn.reshape(steps, n_noise, f).transpose(1, 2).reshape(steps * f, n_noise)
-            if self.n_event:
-                full = event_noise(full.T, self.n_event, self.event_threshold, self.event_subsample).T.contiguous()
+            if self.events[0]:
+                full = event_noise(full.T, *self.events).T.contiguous()
             noise = full.reshape(steps * f // 2, 2 * n_noise)
             h = z[:, : self.latent_dim - nd]
         else:

@@ -178,13 +178,14 @@ class ModelConfig:
             raise ValueError(
                 f"noise_dim must be a multiple of {self.upsample_factor} and smaller than latent_dim ({self.latent_dim}), got {self.noise_dim}"
             )
-        if self.event_channels < 0 or (self.generator_arch == "streaming" and self.event_channels > self.noise_dim // self.upsample_factor):
+        n_noise = self.noise_dim // self.upsample_factor  # full-resolution noise channels of the streaming generator
+        if self.event_channels < 0 or (self.generator_arch == "streaming" and self.event_channels > n_noise):
             raise ValueError(
                 f"event_channels ({self.event_channels}) must be >= 0 and at most the noise channels of the streaming generator, "
-                f"noise_dim / {self.upsample_factor} = {self.noise_dim // self.upsample_factor}"
+                f"noise_dim / {self.upsample_factor} = {n_noise}"
             )
-        if self.event_subsample and self.event_channels and self.generator_arch == "streaming" and self.event_channels >= self.noise_dim // self.upsample_factor:
-            raise ValueError("event_subsample needs a Gaussian noise channel besides the event channels (noise_dim / 16 > event_channels)")
+        if self.event_subsample and self.event_channels and self.generator_arch == "streaming" and self.event_channels == n_noise:
+            raise ValueError(f"event_subsample needs a Gaussian noise channel besides the event channels (noise_dim / {self.upsample_factor} > event_channels)")
         if not (self.event_threshold >= 0 and math.isfinite(self.event_threshold)):
             raise ValueError(f"event_threshold must be finite and >= 0, got {self.event_threshold}")
         if self.shared_latent_dim < 0 or (self.shared_latent_dim and (self.generator_arch != "streaming" or self.out_channels < 2)):

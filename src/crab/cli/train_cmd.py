@@ -106,11 +106,11 @@ def train(data, out, resume, overwrite, quiet, latent_dim, generator_arch, recip
         if event_channels is not None:
             if event_channels < 0:
                 raise InputError(f"--event-channels must be >= 0, got {event_channels}")
-            # one Gaussian full-resolution noise channel plus the event channels (16 latents each)
+            # one Gaussian full-resolution noise channel plus the event channels (upsample_factor latents each)
             base_model = ModelConfig()
-            coarse = base_model.latent_dim - base_model.noise_dim
-            mkw.update(event_channels=event_channels, noise_dim=16 * (1 + event_channels))
-            mkw.setdefault("latent_dim", coarse + 16 * (1 + event_channels))
+            noise_dim = base_model.upsample_factor * (1 + event_channels)
+            mkw.update(event_channels=event_channels, noise_dim=noise_dim)
+            mkw.setdefault("latent_dim", base_model.latent_dim - base_model.noise_dim + noise_dim)
         try:
             model_config = ModelConfig(**mkw, window_samples=overrides.get("window_samples", base.window_samples))
         except ValueError as exc:
