@@ -2,10 +2,10 @@
 
 Usage::
 
-    python benchmarks/fidelity_study.py --out fid                        # default model vs event channels, seed 1
+    python benchmarks/fidelity_study.py --out fid                        # default model vs no event inputs, seed 1
     python benchmarks/fidelity_study.py --out fid --seeds 1 2 \\
-        --variant default= --variant events=--event-channels=2 \\
-        --variant events_sub=--event-channels=2,--event-subsample      # ~10 min per run on 2 cores
+        --variant default= --variant no_pulses=--event-kernel=0 \\
+        --variant on_samples=--no-event-subsample --variant 160_epochs=--epochs=150   # ~7 min per run on 2 cores
 
 Steps (each skipped when its output exists, so an interrupted study resumes):
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     variants = {}
-    for v in args.variant or ["default=", "events=--event-channels=2"]:
+    for v in args.variant or ["default=", "no_events=--event-channels=0"]:
         name, _, opts = v.partition("=")
         variants[name] = [o for part in opts.split(",") if part for o in part.split("=", 1)]
 

@@ -8,7 +8,7 @@ import pytest
 from crab.cli import main
 from crab.modelstore import load_model
 
-FAST = ["--window-samples", "64", "--batch-size", "16", "--windows-per-epoch", "32", "--d-pretrain-epochs", "0", "--threads", "1", "--quiet", "--latent-dim", "20"]
+FAST = ["--window-samples", "64", "--batch-size", "16", "--windows-per-epoch", "32", "--d-pretrain-epochs", "0", "--threads", "1", "--quiet", "--event-channels", "0", "--latent-dim", "20"]
 
 
 def _run(capsys, *args):
@@ -58,14 +58,19 @@ def test_train_and_resume(tmp_path, npz, capsys):
 def test_event_channel_options(tmp_path, npz, capsys):
     """--event-channels adds sparse event inputs beside the Gaussian noise channel; the model generates."""
     out = tmp_path / "model"
-    fast = [a for a in FAST if a not in ("--latent-dim", "20")]
-    _ok(capsys, "train", "--data", npz(), "--out", out, "--epochs", 1, *fast, "--event-channels", 2, "--event-threshold", 2.0, "--event-subsample")
-    mc = load_model(out).model_config
-    assert (mc.event_channels, mc.noise_dim, mc.event_threshold, mc.event_subsample) == (2, 48, 2.0, True)
+    fast = FAST[:-4]  # without --event-channels 0 --latent-dim 20
+    _ok(capsys, "train", "--data", npz(), "--out", out, "--epochs", 1, *fast, "--event-channels", 2, "--event-threshold", 2.0, "--event-subsample", "--event-kernel", 9, "--feature-weight", 0)
+    m = load_model(out)
+    mc = m.model_config
+    assert (mc.event_channels, mc.noise_dim, mc.event_threshold, mc.event_subsample, mc.event_kernel) == (2, 48, 2.0, True, 9)
+    assert m.generator.event_filter.conv.weight.shape == (4, 2, 9)
+    assert json.loads((out / "config.json").read_text())["config"]["feature_weight"] == 0
     assert mc.latent_dim == mc.noise_dim + 8
     _ok(capsys, "generate", "--model", out, "--duration", "60", "--detectors", 2, "--out", tmp_path / "g.h5", "--no-progress")
     code, res = _run(capsys, "train", "--data", npz(), "--out", tmp_path / "m2", "--epochs", 1, *FAST, "--event-channels", 3)
     assert code == 2 and res.err.count("\n") == 1 and "noise_dim" in res.err  # --latent-dim 20 leaves no room for 4 noise channels
+    code, res = _run(capsys, "train", "--data", npz(), "--out", tmp_path / "m3", "--epochs", 1, *fast, "--event-channels", 1, "--event-kernel", 8)
+    assert code == 2 and res.err.count("\n") == 1 and "event_kernel" in res.err
 
 
 @pytest.mark.parametrize(

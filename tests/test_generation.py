@@ -29,7 +29,7 @@ from crab.modelstore import load_model, save_model
 from crab.noise import NoiseParams
 from crab.transform import AmplitudeTransform
 
-TINY = dict(window_samples=64, latent_dim=24, noise_dim=16, generator_channels=(8, 8, 8, 8, 8))
+TINY = dict(window_samples=64, latent_dim=24, noise_dim=16, event_channels=0, event_subsample=False, event_kernel=0, generator_channels=(8, 8, 8, 8, 8))
 
 
 def make_model_dir(path, seed: int = 1, sampling_rate_hz: float = 19.0, **cfg) -> str:
@@ -95,8 +95,10 @@ def test_latent_sequence_is_position_addressed():
         {"output_bounds": (-0.8, 1.2)},
         {"noise_dim": 32, "latent_dim": 40, "event_channels": 1, "event_threshold": 1.5},
         {"noise_dim": 48, "latent_dim": 56, "event_channels": 2, "event_threshold": 1.0, "event_subsample": True},
+        {"noise_dim": 48, "latent_dim": 56, "event_channels": 2, "event_threshold": 1.0, "event_kernel": 33},
+        {"noise_dim": 48, "latent_dim": 56, "event_channels": 2, "event_subsample": True, "event_kernel": 33},
     ],
-    ids=["default", "no-noise-k3", "2noise-k7", "cond", "bounded", "events", "subsample-events"],
+    ids=["default", "no-noise-k3", "2noise-k7", "cond", "bounded", "events", "subsample-events", "event-kernel", "default-events"],
 )
 def test_fast_inference_matches_the_module(tmp_path, cfg):
     m = load_model(make_model_dir(tmp_path, **cfg))

@@ -153,6 +153,24 @@ def test_classifier_separates_different_windows():
         M.classifier_two_sample_test(a[:5], b[:5])
 
 
+def test_classifier_repeats_average_out_the_luck_of_the_split():
+    """repeats: the AUC is the mean over independent splits, whose first is the single-split test."""
+    g = np.random.default_rng(12)
+    a, b = g.normal(size=(200, 6)), g.normal(size=(200, 6))
+    b[:, 0] += 0.3
+    one = M.classifier_two_sample_test(a, b, seed=4)
+    rep = M.classifier_two_sample_test(a, b, seed=4, repeats=8)
+    assert len(rep.auc_splits) == 8 and rep.auc == pytest.approx(rep.auc_splits.mean())
+    assert rep.auc_splits[0] == pytest.approx(one.auc) and np.array_equal(rep.test_a, one.test_a)
+    assert len(np.unique(rep.auc_splits)) == 8  # different splits
+    # over seeds, the averaged AUC scatters less than a single split's
+    singles = [M.classifier_two_sample_test(a, b, seed=s, steps=80).auc for s in range(6)]
+    means = [M.classifier_two_sample_test(a, b, seed=s, steps=80, repeats=6).auc for s in range(6)]
+    assert np.std(means) < 0.6 * np.std(singles)
+    with pytest.raises(InputError, match="repeats"):
+        M.classifier_two_sample_test(a, b, repeats=0)
+
+
 def test_sliding_nn_distance_matches_brute_force_and_finds_shifted_copies():
     g = np.random.default_rng(8)
     series = [g.normal(size=700), g.normal(size=300)]

@@ -7,7 +7,7 @@ from torch import nn
 
 from crab.model import Discriminator, Generator, ModelConfig, event_noise
 
-SMALL = dict(window_samples=64, latent_dim=20, generator_channels=(8, 8, 8, 8, 8), discriminator_channels=(8, 8, 8, 8))
+SMALL = dict(window_samples=64, latent_dim=20, noise_dim=16, event_channels=0, event_subsample=False, event_kernel=0, generator_channels=(8, 8, 8, 8, 8), discriminator_channels=(8, 8, 8, 8))
 
 
 def test_discriminator_layout():
@@ -83,6 +83,33 @@ def test_event_channels_are_a_sparse_point_process():
         ModelConfig(**{**SMALL, "event_channels": 1, "event_subsample": True})
 
 
+def test_event_filter_gives_each_event_a_learned_pulse():
+    """event_kernel: the filtered events are extra last-stage inputs; an event reaches kernel // 2 samples further."""
+    base = {**SMALL, "noise_dim": 32, "latent_dim": 36, "event_channels": 1, "event_threshold": 2.0}
+    cfg = ModelConfig(**{**base, "event_kernel": 21})
+    g = Generator(cfg).eval()
+    assert g.stages[-1][1].in_channels == 8 + 2 + 2  # previous stage, 2 noise channels, 2 pulses
+    assert g.margin_latents > Generator(ModelConfig(**base)).margin_latents
+    # the filter starts causal: an isolated event gives decaying pulses from its sample on
+    noise = torch.zeros(1, 2, 60)
+    noise[0, 1, 20] = 3.0
+    pulses = g.event_filter(noise)[0, 2:]
+    assert torch.all(pulses[:, :20] == 0) and torch.all(pulses[:, 20:31] > 0) and torch.all(pulses[:, 31:] == 0)
+    assert pulses[0, 22] < pulses[1, 22] and torch.all(torch.diff(pulses[:, 20:31], dim=1) < 0)
+    # an event changes the output up to kernel // 2 samples further than without the filter
+    z = torch.randn(1, 36, 12)
+    z[0, 4 + 16 + 5, 6] = 0.0
+    z2 = z.clone()
+    z2[0, 4 + 16 + 5, 6] = 3.0  # event at sample 16 * 6 + 5 = 101
+    with torch.no_grad():
+        changed = torch.nonzero((g(z2) - g(z)).abs()[0, 0] > 1e-7).flatten()
+    assert changed.min() >= 101 - 4 - 10 and changed.max() <= 101 + 4 + 10 and changed.max() > 101 + 4
+    for bad in ({"event_kernel": 20}, {"event_kernel": -1}):
+        with pytest.raises(ValueError, match="event_kernel"):
+            ModelConfig(**{**base, **bad})
+    assert Generator(ModelConfig(**{**base, "event_kernel": 21, "event_channels": 0})).event_filter is None  # ignored without events
+
+
 def test_paper_generator_shape():
     g = Generator(ModelConfig(**SMALL, generator_arch="paper"))
     assert g.latent_shape(3) == (3, 20)  # the paper generator has no noise channels: one latent vector per window
@@ -108,6 +135,12 @@ def test_streaming_generator_is_translation_equivariant_with_finite_margin():
 def test_model_config_round_trip():
     cfg = ModelConfig(**SMALL, spectral_norm=True)
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    default = ModelConfig()
+    assert ModelConfig.from_dict(default.to_dict()) == default
+    assert (default.event_channels, default.event_subsample, default.event_kernel, default.noise_dim) == (2, True, 33, 48)
+    # a model file written before the event fields existed keeps its network (no events)
+    old = {k: v for k, v in ModelConfig(**SMALL).to_dict().items() if k not in ("event_channels", "event_subsample", "event_kernel")}
+    assert ModelConfig.from_dict(old) == ModelConfig(**SMALL)
 
 
 def test_soft_bound_is_a_smooth_clamp():

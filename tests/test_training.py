@@ -15,7 +15,7 @@ from crab.modelstore import load_model
 from crab.quality import quality_floor, sample_quality
 from crab.training import TrainConfig, calibrate_batchnorm, d_losses, gradient_penalty, load_checkpoint, train
 
-SMALL_MODEL = ModelConfig(latent_dim=20, generator_channels=(8, 8, 8, 8, 8), discriminator_channels=(8, 8, 8, 8))
+SMALL_MODEL = ModelConfig(latent_dim=20, noise_dim=16, event_channels=0, event_subsample=False, event_kernel=0, generator_channels=(8, 8, 8, 8, 8), discriminator_channels=(8, 8, 8, 8))
 # the paper's recipe (BCE, SGD for D, Adam for G) on a tiny problem; tests change one option at a time
 TINY = dict(epochs=1, d_pretrain_epochs=0, windows_per_epoch=64, batch_size=16, window_samples=64, val_windows=32, quality_windows=32, bn_calibration_batches=2, num_threads=1,
             ema_decay=0.0, loss="bce", d_optimizer="sgd", d_lr=0.02, d_betas=(0.5, 0.999), g_betas=(0.5, 0.999), d_steps_per_g_step=1)

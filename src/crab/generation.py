@@ -234,6 +234,14 @@ class _FastStreamingNet:
             raise _Unsupported(f"noise_dim {self.noise_dim} not a multiple of {f}")
         n_noise = self.noise_dim // f  # full-resolution noise channels fed to the last up stage
         self.events = (int(cfg.event_channels), float(cfg.event_threshold), bool(cfg.event_subsample))  # crab.model.event_noise arguments
+        ef = getattr(gen, "event_filter", None)  # crab.model.EventFilter: learned pulses of the events, more last-stage inputs
+        if ef is None:
+            self.event_filter = None
+        else:  # crab.model.EventFilter as (events, taps, pulses) weights and the shift of each tap
+            taps = ef.conv.kernel_size[0]
+            self.event_filter = (ef.conv.weight.detach().to(torch.float32).permute(1, 2, 0).contiguous(), taps // 2 - torch.arange(taps))
+        if ef is not None:
+            n_noise += 2 * int(ef.n_events)
         self.latent_dim = int(getattr(gen, "input_latent_dim", cfg.latent_dim))  # one run's latents (shared + own when exchangeable)
         layers: list[dict[str, Any]] = []
         pending_up = False
@@ -382,8 +390,6 @@ class _FastStreamingNet:
         import torch
         import torch.nn.functional as F
 
-        from .model import event_noise
-
         c = None if cond is None else np.asarray(cond, dtype=np.float64).reshape(self.n_cond)
 
         nd = self.noise_dim
@@ -396,8 +402,8 @@ class _FastStreamingNet:
             zn = z[:, self.latent_dim - nd :]
             full = zn.reshape(steps, n_noise, f).transpose(1, 2).reshape(steps * f, n_noise)
             if self.events[0]:
-                full = event_noise(full.T, *self.events).T.contiguous()
-            noise = full.reshape(steps * f // 2, 2 * n_noise)
+                full = self._event_inputs(full)
+            noise = full.reshape(steps * f // 2, -1)
             h = z[:, : self.latent_dim - nd]
         else:
             h = z
@@ -430,6 +436,30 @@ class _FastStreamingNet:
                     res = np.where(res > 0, res, res * np.float32(act)).astype(np.float32)
                 return self._bound(res)
         return self._bound(np.ascontiguousarray(h.numpy().T))
+
+    def _event_inputs(self, full):
+        """:func:`crab.model.event_noise` and the event pulses (:class:`crab.model.EventFilter`) of the noise inputs.
+
+        ``full`` (n_samples, n_noise) channels-last torch noise inputs; returns (n_samples, n_noise [+ 2
+        n_events]).  Events are about 1 % of the samples, so the pulses are added event by event (one
+        scatter-add of every event's taps) instead of a dense convolution: a few torch operations, which
+        release the interpreter lock for the other generation threads."""
+        import torch
+
+        from .model import event_noise
+
+        n_ev = self.events[0]
+        k = full.shape[1] - n_ev
+        noise = event_noise(full.T, *self.events).T
+        if self.event_filter is None:
+            return noise.contiguous()
+        w, shift = self.event_filter  # (n_events, taps, n_pulses), (taps,): tap j adds to the sample h - j after the event
+        n, h = full.shape[0], int(shift[0])
+        pos, ch = torch.nonzero(noise[:, k:], as_tuple=True)
+        contrib = noise[pos, k + ch][:, None, None] * w[ch]  # (events, taps, pulses)
+        pulses = torch.zeros(n + 2 * h, w.shape[2])  # h samples of margin on each side: no bounds checks
+        pulses.index_put_(((pos[:, None] + (shift + h)[None, :]).reshape(-1),), contrib.reshape(-1, w.shape[2]), accumulate=True)
+        return torch.cat([noise, pulses[h : h + n]], 1)
 
     def _bound(self, y: np.ndarray) -> np.ndarray:
         if self.bound is None:

@@ -310,18 +310,23 @@ class ClassifierResult:
     ----------
     auc : float
         ROC AUC on the held-out test windows (0.5: indistinguishable; the
-        synthetic class ``b`` is the positive class).
+        synthetic class ``b`` is the positive class), averaged over the
+        ``repeats`` random train/test splits.
     auc_sigma : float
-        Its standard deviation for an uninformative classifier.
+        Standard deviation of the AUC of one split for an uninformative
+        classifier (an upper bound for the average over splits).
     train_auc : float
-        AUC on the training windows (for diagnosis of over-fitting only).
+        AUC on the training windows of the first split (for diagnosis of
+        over-fitting only).
     train_a, test_a, train_b, test_b : ndarray of int
         Indices (into ``x_a`` / ``x_b``) of the windows used to train and to
-        score; train and test are disjoint.
+        score in the first split; train and test are disjoint (in every split).
     scores_a, scores_b : ndarray
-        Classifier outputs on the test windows.
+        Classifier outputs on the test windows of the first split.
     fpr, tpr : ndarray
-        Test ROC curve.
+        Test ROC curve of the first split.
+    auc_splits : ndarray
+        Test AUC of every split (their mean is ``auc``).
     """
 
     auc: float
@@ -335,6 +340,7 @@ class ClassifierResult:
     scores_b: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     fpr: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     tpr: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    auc_splits: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
 
 
 def classifier_features(windows: np.ndarray, scale: float, n_glitches: np.ndarray | None = None) -> np.ndarray:
@@ -414,6 +420,7 @@ def classifier_two_sample_test(
     groups_a: np.ndarray | None = None,
     groups_b: np.ndarray | None = None,
     key: tuple[int, ...] = (),
+    repeats: int = 1,
 ) -> ClassifierResult:
     """Classifier two-sample test: train to tell ``a`` windows from ``b`` windows, score on held-out ones.
 
@@ -427,6 +434,9 @@ def classifier_two_sample_test(
     features (mean and spread from the training split only) is trained with
     full-batch Adam and binary cross-entropy for ``steps`` steps; the ROC AUC
     is computed **on the test windows only** (``b`` is the positive class).
+    With ``repeats`` > 1 all this is done for that many independent random
+    splits and the AUCs are averaged: one split's AUC scatters by about
+    ``auc_sigma`` with the luck of the split alone, which the average removes.
 
     Parameters
     ----------
@@ -438,6 +448,8 @@ def classifier_two_sample_test(
         Seed; randomness comes from ``rng.generator(seed, "validation", *key, 7)``.
     key : tuple of int
         Extra key naming this test (different tests use different streams).
+    repeats : int
+        Independent train/test splits whose test AUCs are averaged (>= 1).
 
     Returns
     -------
@@ -474,8 +486,28 @@ def classifier_two_sample_test(
         is_train = np.isin(groups, u[:k])
         return g.permutation(np.flatnonzero(is_train)), g.permutation(np.flatnonzero(~is_train))
 
-    tr_a, te_a = split(len(fa), groups_a)
-    tr_b, te_b = split(len(fb), groups_b)
+    if int(repeats) < 1:
+        raise InputError(f"repeats must be >= 1, got {repeats}")
+    n_threads = torch.get_num_threads()
+    # a network this small is fastest on one thread (and many times slower
+    # with several threads on a busy machine); the setting is restored after
+    torch.set_num_threads(1)
+    try:
+        fits = []
+        for _ in range(int(repeats)):
+            tr_a, te_a = split(len(fa), groups_a)
+            tr_b, te_b = split(len(fb), groups_b)
+            fits.append(_fit_split(torch, nn, int(g.integers(0, 2**62)), fa, fb, tr_a, te_a, tr_b, te_b, n, train_fraction, hidden, learning_rate, weight_decay, steps))
+    finally:
+        torch.set_num_threads(n_threads)
+    first = fits[0]
+    first.auc_splits = np.array([f.auc for f in fits])
+    first.auc = float(first.auc_splits.mean())
+    return first
+
+
+def _fit_split(torch, nn, torch_seed, fa, fb, tr_a, te_a, tr_b, te_b, n, train_fraction, hidden, learning_rate, weight_decay, steps) -> ClassifierResult:
+    """Balance one train/test split of :func:`classifier_two_sample_test`, fit the classifier, score the test windows."""
     n_train = min(len(tr_a), len(tr_b), max(4, int(round(train_fraction * n))))
     n_test = min(len(te_a), len(te_b), max(4, n - n_train))
     if n_train < 4 or n_test < 4:
@@ -488,25 +520,15 @@ def classifier_two_sample_test(
     mu = f_tr.mean(axis=0)
     sd = f_tr.std(axis=0) + 1e-6
 
-    def std(f: np.ndarray) -> torch.Tensor:
+    def std(f: np.ndarray):
         return torch.from_numpy(np.nan_to_num((f - mu) / sd).astype(np.float32))
 
-    torch_seed = int(g.integers(0, 2**62))
-    n_threads = torch.get_num_threads()
-    # a network this small is fastest on one thread (and many times slower
-    # with several threads on a busy machine); the setting is restored after
-    torch.set_num_threads(1)
-    try:
-        s_tr, s_a, s_b = _train_and_score(torch, nn, torch_seed, fa, fb, f_tr, y_tr, test_a, test_b, std, hidden, learning_rate, weight_decay, steps)
-    finally:
-        torch.set_num_threads(n_threads)
-    auc = roc_auc(s_b, s_a)
-    train_auc = roc_auc(s_tr[n_train:], s_tr[:n_train])
+    s_tr, s_a, s_b = _train_and_score(torch, nn, torch_seed, fa, fb, f_tr, y_tr, test_a, test_b, std, hidden, learning_rate, weight_decay, steps)
     fpr, tpr = roc_curve(s_b, s_a)
     return ClassifierResult(
-        auc=auc,
+        auc=roc_auc(s_b, s_a),
         auc_sigma=auc_null_sigma(len(test_a), len(test_b)),
-        train_auc=train_auc,
+        train_auc=roc_auc(s_tr[n_train:], s_tr[:n_train]),
         train_a=train_a,
         test_a=test_a,
         train_b=train_b,
@@ -518,7 +540,6 @@ def classifier_two_sample_test(
     )
 
 
-# --------------------------------------------------------------------------- memorisation
 def sliding_nn_distance(queries: np.ndarray, series: list[np.ndarray], chunk_samples: int = 1 << 12) -> np.ndarray:
     """Euclidean distance of each query window to its nearest window of ``series``, at any offset.
 

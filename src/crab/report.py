@@ -82,7 +82,9 @@ def describe(m: "MetricResult") -> str:
         if m.group == "windows":
             return f"SP {fmt(g('separation_power'), 2)} ({g('n_bins')} bins)"
         if m.name == "classifier_auc":
-            return f"sigma {fmt(g('auc_sigma'), 2)}, {g('n_test_per_class')} test windows/class; train AUC {fmt(g('train_auc'), 2)}"
+            sp = np.asarray(g("auc_splits", []), dtype=float)
+            spread = f"{sp.size} splits, {fmt(sp.min(), 2)}-{fmt(sp.max(), 2)}; " if sp.size > 1 else ""
+            return f"{spread}sigma {fmt(g('auc_sigma'), 2)}, {g('n_test_per_class')} test windows/class; train AUC {fmt(g('train_auc'), 2)}"
         if m.name == "memorisation":
             if not q:
                 return m.rule

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import click
@@ -13,6 +14,12 @@ from .options import positive_float, positive_int
 def _nonneg_int(ctx, param, value):
     if value is not None and value < 0:
         raise click.BadParameter(f"must be >= 0, got {value}")
+    return value
+
+
+def _nonneg_float(ctx, param, value):
+    if value is not None and not (value >= 0 and math.isfinite(value)):
+        raise click.BadParameter(f"must be a finite number >= 0, got {value}")
     return value
 
 
@@ -32,6 +39,7 @@ _FIELDS = {
     "g_lr": "g_lr",
     "label_smoothing": "label_smoothing",
     "synthetic_weight": "synthetic_weight",
+    "feature_weight": "feature_weight",
     "ema_decay": "ema_decay",
     "highpass_hz": "highpass_hz",
     "val_fraction": "val_fraction",
@@ -59,6 +67,7 @@ _FIELDS = {
 @click.option("--g-lr", type=float, default=None, callback=positive_float)
 @click.option("--label-smoothing", type=float, default=None, help="One-sided label smoothing (real target 1 - s).")
 @click.option("--synthetic-weight", type=float, default=None, callback=positive_float, help="Weight of the synthetic term of the discriminator loss.")
+@click.option("--feature-weight", type=float, default=None, callback=_nonneg_float, help="Weight of the feature-matching term of the generator loss (0 disables). [default: 0.5]")
 @click.option("--ema-decay", type=float, default=None, help="EMA of the generator weights (0 disables).")
 @click.option("--highpass-hz", type=float, default=None, help="High-pass cut before windowing (Hz; 0 disables). [default: sampling rate / (4 x window)]")
 @click.option("--val-fraction", type=float, default=None, help="Last fraction of each series kept for validation.")
@@ -67,17 +76,18 @@ _FIELDS = {
     "--event-channels",
     type=int,
     default=None,
-    help="Full-resolution event channels of the streaming generator: sparse point-process inputs (|z| > --event-threshold) beside its Gaussian noise channel. [default: 0]",
+    help="Full-resolution event channels of the streaming generator: sparse point-process inputs (|z| > --event-threshold) beside its Gaussian noise channel; 0: none. [default: 2]",
 )
 @click.option("--event-threshold", type=float, default=None, callback=positive_float, help="Threshold of the event channels (standard-normal units; 2.5: 1.2 %% of samples).")
-@click.option("--event-subsample", is_flag=True, default=None, help="Place each event at a random time between two samples.")
+@click.option("--event-subsample/--no-event-subsample", default=None, help="Place each event at a random time between two samples (or at a sample). [default: between]")
+@click.option("--event-kernel", type=int, default=None, callback=_nonneg_int, help="Taps (odd) of a learned pulse filter of the event channels (their rise and decay); 0: none. [default: 33]")
 @click.option("--generator-arch", type=click.Choice(["streaming", "paper"]), default=None, help="Streaming (fully convolutional, default) or the paper's dense-input generator.")
 @click.option("--threads", type=int, default=None, callback=positive_int, help="Torch CPU threads.")
 @click.option("--condition", "condition_on", multiple=True, help="Condition both networks on this quantity of the files (phi: the solar modulation potential; give files at several phi).")
 @click.option("--joint-detectors", is_flag=True, default=None, help="Generate the detectors of a file jointly (one multi-channel window per wafer: simultaneous common-mode glitches).")
 @click.option("--recipe", type=click.Choice(["default", "paper"]), default="default", show_default=True, help="Starting hyper-parameters: CRAB's defaults (WGAN-GP) or the paper's (BCE, SGD for D, Adam for G); options given here override them.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(data, out, resume, overwrite, quiet, latent_dim, generator_arch, recipe, event_channels, event_threshold, event_subsample, **opts):
+def train(data, out, resume, overwrite, quiet, latent_dim, generator_arch, recipe, event_channels, event_threshold, event_subsample, event_kernel, **opts):
     """Train the GAN on TOD from `crab simulate` (or your own Monte Carlo).
 
     \b
@@ -98,11 +108,11 @@ def train(data, out, resume, overwrite, quiet, latent_dim, generator_arch, recip
     model_config = None
     if resume:
         base = checkpoint_train_config(out)
-        if latent_dim is not None or generator_arch is not None or recipe != "default" or event_channels is not None or event_threshold is not None or event_subsample:
+        if latent_dim is not None or generator_arch is not None or recipe != "default" or event_channels is not None or event_threshold is not None or event_subsample is not None or event_kernel is not None:
             raise InputError("--latent-dim, --generator-arch, --event-* and --recipe cannot change when resuming")
     else:
         base = TrainConfig.paper() if recipe == "paper" else TrainConfig()
-        mkw = {k: v for k, v in (("latent_dim", latent_dim), ("generator_arch", generator_arch), ("event_threshold", event_threshold), ("event_subsample", event_subsample)) if v is not None}
+        mkw = {k: v for k, v in (("latent_dim", latent_dim), ("generator_arch", generator_arch), ("event_threshold", event_threshold), ("event_subsample", event_subsample), ("event_kernel", event_kernel)) if v is not None}
         if event_channels is not None:
             if event_channels < 0:
                 raise InputError(f"--event-channels must be >= 0, got {event_channels}")
