@@ -110,7 +110,8 @@ class ModelConfig:
 
     The defaults (two event channels with sub-sample placement and 33-tap
     pulses, beside one Gaussian channel) are the variant that met the
-    amplitude-distribution target of the validation with the best
+    amplitude-distribution target of the validation most often (4 of 6
+    training runs; none without event channels did), with the best
     classifier AUC (docs/design.md, "Event channels").
     generator_arch : str
         ``"streaming"`` or ``"paper"`` (see module docstring).

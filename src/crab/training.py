@@ -202,9 +202,9 @@ class TrainConfig:
       the generated white noise was 3x too low whatever the loss;
     * event inputs in the generator (``ModelConfig.event_channels``,
       ``event_subsample``, ``event_kernel``; docs/design.md "Event channels"):
-      amplitude-distribution statistic 3.0-3.1 -> 0.97-1.37 in 3 of 4 runs
-      (2.09 in the fourth; threshold 1.97), classifier AUC (mean of 8 splits)
-      0.76 -> 0.68-0.75;
+      amplitude-distribution statistic 3.0-3.1 -> 0.97-1.54 in 4 of 6 runs
+      (2.09 and 3.45 in the others; threshold 1.97), classifier AUC (mean of
+      8 splits) 0.76 -> 0.68-0.75;
     * 90 adversarial epochs of 4096 windows after 10 pretraining epochs:
       375 s on 2 cores for 1800 s x 4 detectors at 19 Hz (statistic 0.132,
       floor 0.073; it was 0.139 after 60 epochs, 257 s);
