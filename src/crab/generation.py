@@ -235,13 +235,11 @@ class _FastStreamingNet:
         n_noise = self.noise_dim // f  # full-resolution noise channels fed to the last up stage
         self.events = (int(cfg.event_channels), float(cfg.event_threshold), bool(cfg.event_subsample))  # crab.model.event_noise arguments
         ef = getattr(gen, "event_filter", None)  # crab.model.EventFilter: learned pulses of the events, more last-stage inputs
-        if ef is None:
-            self.event_filter = None
-        else:  # crab.model.EventFilter as (events, taps, pulses) weights and the shift of each tap
+        self.event_filter = None
+        if ef is not None:  # as (events, taps, pulses) weights and the shift of each tap
             taps = ef.conv.kernel_size[0]
             self.event_filter = (ef.conv.weight.detach().to(torch.float32).permute(1, 2, 0).contiguous(), taps // 2 - torch.arange(taps))
-        if ef is not None:
-            n_noise += 2 * int(ef.n_events)
+            n_noise += ef.conv.out_channels
         self.latent_dim = int(getattr(gen, "input_latent_dim", cfg.latent_dim))  # one run's latents (shared + own when exchangeable)
         layers: list[dict[str, Any]] = []
         pending_up = False

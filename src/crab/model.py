@@ -386,7 +386,7 @@ class Generator(nn.Module):
         n_noise = self.noise_dim // cfg.upsample_factor
         self.event_filter = EventFilter(cfg.event_channels, cfg.event_kernel) if self.streaming and cfg.event_kernel and cfg.event_channels else None
         if self.event_filter is not None:
-            n_noise += 2 * cfg.event_channels  # the filtered events are inputs of the last stage too
+            n_noise += self.event_filter.conv.out_channels  # the pulses are inputs of the last stage too
         n_in = cfg.latent_dim - self.noise_dim + cfg.cond_dim + cfg.shared_latent_dim
         self.coarse_len = cfg.window_samples // cfg.upsample_factor
         if self.streaming:

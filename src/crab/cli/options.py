@@ -41,3 +41,10 @@ def positive_float(ctx, param, value):
     if value is not None and not (value > 0 and value < float("inf")):
         raise click.BadParameter(f"must be a positive number, got {value}")
     return value
+
+
+def nonnegative_float(ctx, param, value):
+    """Callback: a finite float >= 0."""
+    if value is not None and not (value >= 0 and value < float("inf")):
+        raise click.BadParameter(f"must be a finite number >= 0, got {value}")
+    return value

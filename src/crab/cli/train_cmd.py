@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 
 import click
 
-from .options import positive_float, positive_int
+from .options import nonnegative_float, positive_float, positive_int
 
 
 def _nonneg_int(ctx, param, value):
     if value is not None and value < 0:
         raise click.BadParameter(f"must be >= 0, got {value}")
-    return value
-
-
-def _nonneg_float(ctx, param, value):
-    if value is not None and not (value >= 0 and math.isfinite(value)):
-        raise click.BadParameter(f"must be a finite number >= 0, got {value}")
     return value
 
 
@@ -67,7 +60,7 @@ _FIELDS = {
 @click.option("--g-lr", type=float, default=None, callback=positive_float)
 @click.option("--label-smoothing", type=float, default=None, help="One-sided label smoothing (real target 1 - s).")
 @click.option("--synthetic-weight", type=float, default=None, callback=positive_float, help="Weight of the synthetic term of the discriminator loss.")
-@click.option("--feature-weight", type=float, default=None, callback=_nonneg_float, help="Weight of the feature-matching term of the generator loss (0 disables). [default: 0.5]")
+@click.option("--feature-weight", type=float, default=None, callback=nonnegative_float, help="Weight of the feature-matching term of the generator loss (0 disables). [default: 0.5]")
 @click.option("--ema-decay", type=float, default=None, help="EMA of the generator weights (0 disables).")
 @click.option("--highpass-hz", type=float, default=None, help="High-pass cut before windowing (Hz; 0 disables). [default: sampling rate / (4 x window)]")
 @click.option("--val-fraction", type=float, default=None, help="Last fraction of each series kept for validation.")
@@ -76,6 +69,7 @@ _FIELDS = {
     "--event-channels",
     type=int,
     default=None,
+    callback=_nonneg_int,
     help="Full-resolution event channels of the streaming generator: sparse point-process inputs (|z| > --event-threshold) beside its Gaussian noise channel; 0: none. [default: 2]",
 )
 @click.option("--event-threshold", type=float, default=None, callback=positive_float, help="Threshold of the event channels (standard-normal units; 2.5: 1.2 %% of samples).")
@@ -114,8 +108,6 @@ def train(data, out, resume, overwrite, quiet, latent_dim, generator_arch, recip
         base = TrainConfig.paper() if recipe == "paper" else TrainConfig()
         mkw = {k: v for k, v in (("latent_dim", latent_dim), ("generator_arch", generator_arch), ("event_threshold", event_threshold), ("event_subsample", event_subsample), ("event_kernel", event_kernel)) if v is not None}
         if event_channels is not None:
-            if event_channels < 0:
-                raise InputError(f"--event-channels must be >= 0, got {event_channels}")
             # one Gaussian full-resolution noise channel plus the event channels (upsample_factor latents each)
             base_model = ModelConfig()
             noise_dim = base_model.upsample_factor * (1 + event_channels)
