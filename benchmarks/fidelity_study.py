@@ -9,8 +9,9 @@ Usage::
 
 Steps (each skipped when its output exists, so an interrupted study resumes):
 
-1. ``crab simulate`` the training MC (1800 s, 4 detectors, seed 1) and a
-   held-out MC (seed 1001), as ``crab run`` does;
+1. ``crab simulate`` the training MC (``--train-duration``, default 1800 s,
+   4 detectors, seed 1) and a held-out MC (1800 s, seed 1001), as ``crab run``
+   does;
 2. for every variant and seed: ``crab train`` with the variant's options
    (comma-separated ``crab train`` arguments after ``NAME=``), ``crab generate``
    1 h of 4 detectors (seed 2001), ``crab validate`` against the held-out MC;
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1])
     ap.add_argument("--epochs", type=int, default=None, help="adversarial epochs (default: crab train's)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--train-duration", type=float, default=1800.0, help="seconds of training MC [1800, as crab run]")
     args = ap.parse_args(argv)
     variants = {}
     for v in args.variant or ["default=", "no_events=--event-channels=0"]:
@@ -71,10 +73,10 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     mc = {}
-    for tag, seed in (("train", 1), ("heldout", 1001)):
-        mc[tag] = out / f"mc_{tag}.h5"
+    for tag, seed, duration in (("train", 1, args.train_duration), ("heldout", 1001, 1800)):
+        mc[tag] = out / (f"mc_{tag}.h5" if tag == "heldout" or duration == 1800 else f"mc_{tag}_{duration:g}s.h5")
         if not mc[tag].exists():
-            _run("simulate", "--duration", 1800, "--detectors", 4, "--sampling-rate", 19, "--phi", 0.6, "--seed", seed, "--out", mc[tag], "--no-progress")
+            _run("simulate", "--duration", duration, "--detectors", 4, "--sampling-rate", 19, "--phi", 0.6, "--seed", seed, "--out", mc[tag], "--no-progress")
     ref_rates, sig = amplitude_band_rates(mc["heldout"])
     rows = []
     for name, opts in variants.items():
