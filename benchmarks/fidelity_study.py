@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/fidelity_study.py --out fid                        # default model vs no event inputs, seed 1
+    python benchmarks/fidelity_study.py --out fid --seeds 1 2 3 4       # default vs network-drawn glitches vs no events
     python benchmarks/fidelity_study.py --out fid --seeds 1 2 \\
         --variant default= --variant no_pulses=--event-kernel=0 \\
         --variant on_samples=--no-event-subsample --variant 160_epochs=--epochs=150   # ~7 min per run on 2 cores
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train-duration", type=float, default=1800.0, help="seconds of training MC [1800, as crab run]")
     args = ap.parse_args(argv)
     variants = {}
-    for v in args.variant or ["default=", "no_events=--event-channels=0"]:
+    for v in args.variant or ["default=", "drawn_glitches=--no-additive-glitches", "no_events=--event-channels=0"]:
         name, _, opts = v.partition("=")
         variants[name] = [o for part in opts.split(",") if part for o in part.split("=", 1)]
 

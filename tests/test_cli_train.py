@@ -64,6 +64,8 @@ def test_event_channel_options(tmp_path, npz, capsys):
     mc = m.model_config
     assert (mc.event_channels, mc.noise_dim, mc.event_threshold, mc.event_subsample, mc.event_kernel) == (2, 48, 2.0, True, 9)
     assert m.generator.event_filter.conv.weight.shape == (4, 2, 9)
+    assert mc.additive_glitches and m.generator.additive.conv.weight.shape == (1, 2 * 3, 9)  # the default: glitches added in TOD units
+    assert mc.transform_out_scale == pytest.approx(m.transform.out_scale)
     assert json.loads((out / "config.json").read_text())["config"]["feature_weight"] == 0
     assert mc.latent_dim == mc.noise_dim + 8
     _ok(capsys, "generate", "--model", out, "--duration", "60", "--detectors", 2, "--out", tmp_path / "g.h5", "--no-progress")
@@ -71,6 +73,11 @@ def test_event_channel_options(tmp_path, npz, capsys):
     assert code == 2 and res.err.count("\n") == 1 and "noise_dim" in res.err  # --latent-dim 20 leaves no room for 4 noise channels
     code, res = _run(capsys, "train", "--data", npz(), "--out", tmp_path / "m3", "--epochs", 1, *fast, "--event-channels", 1, "--event-kernel", 8)
     assert code == 2 and res.err.count("\n") == 1 and "event_kernel" in res.err
+    _ok(capsys, "train", "--data", npz(), "--out", tmp_path / "m4", "--epochs", 1, *fast, "--event-kernel", 9, "--no-additive-glitches")
+    m4 = load_model(tmp_path / "m4")
+    assert not m4.model_config.additive_glitches and m4.generator.additive is None
+    code, res = _run(capsys, "train", "--data", npz(), "--out", tmp_path / "m4", "--epochs", 2, *fast, "--resume", "--additive-glitches")
+    assert code == 2 and "--additive-glitches" in res.err
 
 
 @pytest.mark.parametrize(

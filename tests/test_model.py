@@ -1,5 +1,7 @@
 """Networks (paper, section 3.1) and the streaming-generator contract generation relies on."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -85,7 +87,7 @@ def test_event_channels_are_a_sparse_point_process():
 
 def test_event_filter_gives_each_event_a_learned_pulse():
     """event_kernel: the filtered events are extra last-stage inputs; an event reaches kernel // 2 samples further."""
-    base = {**SMALL, "noise_dim": 32, "latent_dim": 36, "event_channels": 1, "event_threshold": 2.0}
+    base = {**SMALL, "noise_dim": 32, "latent_dim": 36, "event_channels": 1, "event_threshold": 2.0, "additive_glitches": False}
     cfg = ModelConfig(**{**base, "event_kernel": 21})
     g = Generator(cfg).eval()
     assert g.stages[-1][1].in_channels == 8 + 2 + 2  # previous stage, 2 noise channels, 2 pulses
@@ -108,6 +110,47 @@ def test_event_filter_gives_each_event_a_learned_pulse():
         with pytest.raises(ValueError, match="event_kernel"):
             ModelConfig(**{**base, **bad})
     assert Generator(ModelConfig(**{**base, "event_kernel": 21, "event_channels": 0})).event_filter is None  # ignored without events
+
+
+def test_additive_glitches_are_pareto_pulses_added_in_tod_units():
+    """additive_glitches: every event adds amplitude x pulse before the transform; amplitudes are Pareto(a, 1 / c)."""
+    base = {**SMALL, "noise_dim": 48, "latent_dim": 52, "event_channels": 2, "event_subsample": True, "event_kernel": 21, "transform_out_scale": 0.8}
+    g = Generator(ModelConfig(**base)).eval()
+    add = g.additive
+    assert add is not None and add.conv.in_channels == 2 * 3 and add.conv.out_channels == 1
+    a, c = add.scale_index()
+    torch.testing.assert_close(a, torch.full((2,), 0.5))
+    torch.testing.assert_close(c, torch.ones(2))
+    # the amplitudes of the events are Pareto: log(A / a) / c is Exp(1)
+    z = torch.randn(400_000, 2, 1, generator=torch.Generator().manual_seed(3))
+    hit = z.abs() > add.threshold
+    with torch.no_grad():
+        e = (add.log_amplitudes(z) - math.log(0.5))[hit]
+    assert 0.97 < float(e.mean()) < 1.03 and 0.95 < float(e.std()) < 1.05
+    # an isolated event at phase 0 adds A x its causal 1-sample decay to the output in TOD units (sinh(k y))
+    z = torch.randn(1, 52, 12, generator=torch.Generator().manual_seed(4))
+    gauss, ev = 4 + 0 * 16, 4 + 1 * 16  # latent rows of the first Gaussian and the first event channel (sample 16 j + i)
+    z[:, ev : ev + 32, :] = 0.0
+    z[0, gauss + 5, 6] = -10.0  # phase Phi(-10) ~ 0 at sample 16 * 6 + 5 = 101
+    z[0, ev + 5, 6] = 3.0  # the event
+    k = 0.8
+    with torch.no_grad():
+        y = g(z)[0, 0]
+        g.additive = None
+        y_net = g(z)[0, 0]
+        g.additive = add
+        amp = float(torch.exp(add.log_amplitudes(torch.tensor([3.0]), torch.tensor([0]))))
+    d = torch.sinh(k * y) - torch.sinh(k * y_net)
+    expected = torch.zeros_like(d)
+    expected[101:112] = amp * torch.exp(-torch.arange(11.0))
+    torch.testing.assert_close(d, expected, rtol=1e-4, atol=1e-4 * amp)
+    # without event channels or pulses there are no additive glitches; legacy files have none
+    assert Generator(ModelConfig(**{**base, "event_channels": 0})).additive is None
+    assert Generator(ModelConfig(**{**base, "event_kernel": 0})).additive is None
+    with pytest.raises(ValueError, match="transform_out_scale"):
+        Generator(ModelConfig(**{**base, "transform_out_scale": None}))(torch.randn(1, 52, 12))
+    with pytest.raises(ValueError, match="transform_out_scale"):
+        ModelConfig(**{**base, "transform_out_scale": -1.0})
 
 
 def test_paper_generator_shape():
@@ -139,8 +182,9 @@ def test_model_config_round_trip():
     assert ModelConfig.from_dict(default.to_dict()) == default
     assert (default.event_channels, default.event_subsample, default.event_kernel, default.noise_dim) == (2, True, 33, 48)
     # a model file written before the event fields existed keeps its network (no events)
-    old = {k: v for k, v in ModelConfig(**SMALL).to_dict().items() if k not in ("event_channels", "event_subsample", "event_kernel")}
-    assert ModelConfig.from_dict(old) == ModelConfig(**SMALL)
+    assert default.additive_glitches
+    old = {k: v for k, v in ModelConfig(**SMALL).to_dict().items() if k not in ("event_channels", "event_subsample", "event_kernel", "additive_glitches", "transform_out_scale")}
+    assert ModelConfig.from_dict(old) == ModelConfig(**SMALL, additive_glitches=False)
 
 
 def test_soft_bound_is_a_smooth_clamp():

@@ -240,6 +240,11 @@ class _FastStreamingNet:
             taps = ef.conv.kernel_size[0]
             self.event_filter = (ef.conv.weight.detach().to(torch.float32).permute(1, 2, 0).contiguous(), taps // 2 - torch.arange(taps))
             n_noise += ef.conv.out_channels
+        ag = getattr(gen, "additive", None)  # crab.model.AdditiveGlitches: pulses added in TOD units to the output
+        self.additive = None
+        if ag is not None:  # the module (for its amplitudes), the pulse bases as (events, bases, taps), the output's k and the cap
+            kernels = ag.conv.weight.detach().to(torch.float32).reshape(ag.n_events, ag.n_basis, -1)
+            self.additive = (ag, kernels, gen.out_scale, gen.log_amplitude_cap)
         self.latent_dim = int(getattr(gen, "input_latent_dim", cfg.latent_dim))  # one run's latents (shared + own when exchangeable)
         layers: list[dict[str, Any]] = []
         pending_up = False
@@ -392,6 +397,7 @@ class _FastStreamingNet:
 
         nd = self.noise_dim
         noise = None
+        pulses = None
         if nd:
             # latent step j, noise channel c*f + i -> full-rate sample f j + i of noise channel c;
             # as pairs of samples (half-rate polyphase, channels-last): (steps * 8, 2 * n_noise)
@@ -399,6 +405,8 @@ class _FastStreamingNet:
             n_noise = nd // f
             zn = z[:, self.latent_dim - nd :]
             full = zn.reshape(steps, n_noise, f).transpose(1, 2).reshape(steps * f, n_noise)
+            if self.additive is not None:
+                pulses = self._additive_pulses(full)
             if self.events[0]:
                 full = self._event_inputs(full)
             noise = full.reshape(steps * f // 2, -1)
@@ -432,8 +440,36 @@ class _FastStreamingNet:
                         acc += P[j : j + n, j * C + c]
                 if act is not None:
                     res = np.where(res > 0, res, res * np.float32(act)).astype(np.float32)
-                return self._bound(res)
-        return self._bound(np.ascontiguousarray(h.numpy().T))
+                return self._finish(res, pulses)
+        return self._finish(np.ascontiguousarray(h.numpy().T), pulses)
+
+    def _additive_pulses(self, full):
+        """The summed pulses of :class:`crab.model.AdditiveGlitches` (torch (n_samples,)) of the raw noise inputs
+        ``full`` (n_samples, n_noise), added event by event (one scatter-add, as :meth:`_event_inputs`)."""
+        import torch
+
+        module, kernels, _, cap = self.additive
+        n_ev, taps = kernels.shape[0], kernels.shape[2]
+        h = taps // 2
+        z = full[:, full.shape[1] - n_ev :]
+        pos, ch = torch.nonzero(z.abs() > module.threshold, as_tuple=True)
+        amp = torch.exp(torch.clamp(module.log_amplitudes(z[pos, ch], ch), max=cap))
+        pulse = kernels[ch, 0]  # (events, taps)
+        if module.subsample:
+            p = (0.5 * (1.0 + torch.erf(full[pos, 0] / math.sqrt(2.0))))[:, None]
+            pulse = pulse + p * kernels[ch, 1] + (p * p) * kernels[ch, 2]
+        series = torch.zeros(full.shape[0] + 2 * h)  # h samples of margin on each side: no bounds checks
+        series.index_put_(((pos[:, None] + (2 * h - torch.arange(taps))[None, :]).reshape(-1),), (amp[:, None] * pulse).reshape(-1), accumulate=True)
+        return series[h : h + full.shape[0]]
+
+    def _finish(self, y: np.ndarray, pulses) -> np.ndarray:
+        """The output bound, then the additive glitches (``pulses`` over all samples of the run, or None)."""
+        y = self._bound(y)
+        if pulses is None:
+            return y
+        k = np.float32(self.additive[2])
+        add = pulses[self.offset : self.offset + y.shape[1]].numpy()
+        return np.ascontiguousarray(np.arcsinh(np.sinh(k * y) + add[None, :]) / k, dtype=np.float32)
 
     def _event_inputs(self, full):
         """:func:`crab.model.event_noise` and the event pulses (:class:`crab.model.EventFilter`) of the noise inputs.

@@ -107,12 +107,30 @@ class ModelConfig:
         tens of samples; the last stage and the head see +-4).  It widens
         the receptive field by ``event_kernel // 2`` samples.  0 disables;
         ignored without event channels.
+    additive_glitches : bool
+        Compose the glitches of the event channels in TOD units
+        (:class:`AdditiveGlitches`): every event adds a learned pulse of
+        amplitude ``A`` (Pareto distributed, learned scale and index) and
+        sub-sample shape to the network's output *before* the amplitude
+        transform, ``x = x0 + s (sinh(k y) + sum A pulse)``, instead of the
+        network drawing it in transformed units.  A glitch then keeps its
+        shape at every height: through the ``asinh`` a pulse drawn in
+        transformed units gets steeper the higher it is (the largest
+        glitches rose in one sample, against 0.2 of the peak a sample
+        before in the Monte Carlo).  The events still feed the network too
+        (noise and shape corrections around a hit).  The pulses are
+        ``event_kernel`` samples long; ignored without event channels or
+        with ``event_kernel`` 0.
+    transform_out_scale : float or None
+        ``k`` of the amplitude transform (:class:`crab.transform.AmplitudeTransform`
+        ``out_scale``), needed by ``additive_glitches``; set by the trainer
+        from the training data, like ``output_bounds``.
 
     The defaults (two event channels with sub-sample placement and 33-tap
-    pulses, beside one Gaussian channel) are the variant that met the
-    amplitude-distribution target of the validation most often (4 of 6
-    training runs; none without event channels did), with the best
-    classifier AUC (docs/design.md, "Event channels").
+    pulses, beside one Gaussian channel, whose glitches are added in TOD
+    units) are the variant with the best classifier AUC that met the
+    amplitude-distribution target of the validation most often
+    (docs/design.md, "Event channels").
     generator_arch : str
         ``"streaming"`` or ``"paper"`` (see module docstring).
     generator_channels : tuple of int
@@ -177,6 +195,8 @@ class ModelConfig:
     event_threshold: float = 2.5
     event_subsample: bool = True
     event_kernel: int = 33
+    additive_glitches: bool = True
+    transform_out_scale: float | None = None
     n_upsample: int = field(default=4, init=False)
 
     def __post_init__(self) -> None:
@@ -205,6 +225,10 @@ class ModelConfig:
             raise ValueError(f"event_subsample needs a Gaussian noise channel besides the event channels (noise_dim / {self.upsample_factor} > event_channels)")
         if self.event_kernel < 0 or (self.event_kernel and self.event_kernel % 2 == 0):
             raise ValueError(f"event_kernel must be 0 or an odd length, got {self.event_kernel}")
+        if self.transform_out_scale is not None:
+            self.transform_out_scale = float(self.transform_out_scale)
+            if not (self.transform_out_scale > 0 and math.isfinite(self.transform_out_scale)):
+                raise ValueError(f"transform_out_scale must be finite and > 0, got {self.transform_out_scale}")
         if not (self.event_threshold >= 0 and math.isfinite(self.event_threshold)):
             raise ValueError(f"event_threshold must be finite and >= 0, got {self.event_threshold}")
         if self.shared_latent_dim < 0 or (self.shared_latent_dim and (self.generator_arch != "streaming" or self.out_channels < 2)):
@@ -243,7 +267,7 @@ class ModelConfig:
 
 
 #: Fields added after the first model files, with the values that reproduce those files' networks.
-LEGACY_FIELDS = {"event_channels": 0, "event_subsample": False, "event_kernel": 0}
+LEGACY_FIELDS = {"event_channels": 0, "event_subsample": False, "event_kernel": 0, "additive_glitches": False}
 
 
 def soft_bound(y, lo: float, hi: float, width: float):
@@ -329,6 +353,84 @@ class EventFilter(nn.Module):
         return torch.cat([noise, self.conv(noise[:, noise.shape[1] - self.n_events :])], 1)
 
 
+class AdditiveGlitches(nn.Module):
+    r"""Glitches of the event channels composed in TOD units (``ModelConfig.additive_glitches``).
+
+    An event of channel ``i`` (a latent ``|z| > t``, :func:`event_noise`) has
+    the amplitude (units of the transform's linear scale ``s``)
+
+    .. math::
+
+        A = a_i \exp(c_i E), \qquad
+        E = \ln \frac{P(|Z| > t)}{P(|Z| > |z|)} \sim \mathrm{Exp}(1),
+
+    a Pareto distribution ``P(A > a) = (a / a_i)^{-1 / c_i}`` above ``a_i``
+    (capped at ``exp(log_amax)``), and the pulse ``K_i0 + p K_i1 + p^2 K_i2``
+    around its sample, ``p`` its sub-sample phase (``event_subsample``; the
+    phase of :func:`event_noise`, ``Phi`` of the first Gaussian noise channel),
+    so that a learned pulse can move by a fraction of a sample.
+    ``forward`` returns the sum of all pulses (batch, 1, n_samples).
+
+    The pulses start as causal exponential decays of 1 and 6 samples split
+    linearly between the event's sample and the next (``K_i1 = K_i0(t - 1) -
+    K_i0(t)``, ``K_i2 = 0``), ``a_i = 0.5`` and ``c_i = 1`` (the Monte Carlo's
+    amplitude slope is about 2).  ``a_i`` and ``c_i`` are stored as
+    ``log(.) / LR_MULT`` (equalised learning rate: with Adam, a parameter
+    moves by about the learning rate per step, too slow for a log-amplitude).
+    """
+
+    #: Learning-rate multiplier of the amplitude parameters (see class docstring).
+    LR_MULT = 20.0
+
+    def __init__(self, n_events: int, kernel: int, threshold: float, subsample: bool) -> None:
+        super().__init__()
+        self.n_events, self.threshold, self.subsample = int(n_events), float(threshold), bool(subsample)
+        self.n_basis = 3 if self.subsample else 1
+        self.conv = nn.Conv1d(self.n_events * self.n_basis, 1, kernel, padding=kernel // 2, bias=False)
+        self.log_a0 = nn.Parameter(torch.zeros(self.n_events))
+        self.log_c1 = nn.Parameter(torch.zeros(self.n_events))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        k = self.conv.kernel_size[0]
+        h = k // 2
+        lag = torch.arange(h, -1, -1, dtype=torch.float32)  # tap j <= h reads the input h - j samples earlier
+        w = torch.zeros_like(self.conv.weight)
+        for i in range(self.n_events):
+            k0 = torch.zeros(k)
+            k0[: h + 1] = torch.exp(-lag / (1.0, 6.0)[i % 2])
+            w[0, i * self.n_basis] = k0
+            if self.subsample:  # the linear split (1 - p, p): K(t) + p (K(t - 1) - K(t))
+                k1 = torch.zeros(k)
+                k1[:-1] = k0[1:]
+                w[0, i * self.n_basis + 1] = k1 - k0
+        with torch.no_grad():
+            self.conv.weight.copy_(w)
+            self.log_a0.fill_(math.log(0.5) / self.LR_MULT)
+            self.log_c1.zero_()
+
+    def scale_index(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(a, c)`` of every event channel: Pareto scale (transform-scale units) and 1 / index."""
+        return torch.exp(self.LR_MULT * self.log_a0), torch.exp(self.LR_MULT * self.log_c1)
+
+    def log_amplitudes(self, z: torch.Tensor, channel: torch.Tensor | None = None) -> torch.Tensor:
+        """``log A`` (uncapped) of event latents: ``z`` (..., n_events, n) of the event channels, or
+        values ``z`` (m,) of the channels ``channel`` (m,).  Meaningful where ``|z| > threshold``."""
+        a, c = self.LR_MULT * self.log_a0, torch.exp(self.LR_MULT * self.log_c1)
+        a, c = (a[:, None], c[:, None]) if channel is None else (a[channel], c[channel])
+        e = (torch.special.log_ndtr(torch.tensor(-self.threshold)) - torch.special.log_ndtr(-z.abs())).clamp(min=0)
+        return a + c * e
+
+    def forward(self, z: torch.Tensor, gauss0: torch.Tensor, log_amax: float) -> torch.Tensor:
+        """Pulses of the raw event latents ``z`` (batch, n_events, n) with phases from ``gauss0`` (batch, 1, n)."""
+        hit = z.abs() > self.threshold
+        amp = torch.where(hit, torch.exp(torch.clamp(self.log_amplitudes(z), max=log_amax)), torch.zeros_like(z))
+        if self.subsample:
+            p = 0.5 * (1.0 + torch.erf(gauss0 / math.sqrt(2.0)))
+            amp = torch.stack([amp, amp * p, amp * p * p], 2).flatten(1, 2)
+        return self.conv(amp)
+
+
 def _init_weights(module: nn.Module) -> None:
     """DCGAN initialisation: N(0, 0.02) weights, zero biases, BN weights N(1, 0.02)."""
     if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d, nn.Linear)):
@@ -398,6 +500,9 @@ class Generator(nn.Module):
         self.apply(_init_weights)
         if self.event_filter is not None:
             self.event_filter.reset_parameters()
+        self.additive = None
+        if self.streaming and cfg.additive_glitches and cfg.event_channels and cfg.event_kernel:
+            self.additive = AdditiveGlitches(cfg.event_channels, cfg.event_kernel, cfg.event_threshold, cfg.event_subsample)
 
     @property
     def input_latent_dim(self) -> int:
@@ -419,7 +524,8 @@ class Generator(nn.Module):
         for i in range(self.cfg.n_upsample):
             radius += (k // 2) * f // 2 ** (i + 1)
         radius += k // 2  # head, full resolution
-        radius += self.cfg.event_kernel // 2 if self.event_filter is not None else 0  # events feed the last stage
+        if self.event_filter is not None or self.additive is not None:  # events feed the last stage / add pulses
+            radius += self.cfg.event_kernel // 2
         return int(math.ceil(radius / f)) + 1
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
@@ -441,6 +547,8 @@ class Generator(nn.Module):
                 b, f, steps = z.shape[0], self.cfg.upsample_factor, z.shape[-1]
                 zn = z[:, z.shape[1] - self.noise_dim :]
                 noise = zn.reshape(b, -1, f, steps).transpose(2, 3).reshape(b, -1, steps * f)
+                if self.additive is not None:
+                    pulses = self.additive(noise[:, noise.shape[1] - self.cfg.event_channels :], noise[:, :1], self.log_amplitude_cap)
                 noise = event_noise(noise, self.cfg.event_channels, self.cfg.event_threshold, self.cfg.event_subsample)
                 if self.event_filter is not None:
                     noise = self.event_filter(noise)
@@ -455,7 +563,24 @@ class Generator(nn.Module):
             h = stage(h, noise if i == len(self.stages) - 1 else None, cond)
         if cond is not None:
             h = torch.cat([h, cond[:, :, None].expand(-1, -1, h.shape[-1])], 1)
-        return self.bound(self.head(h))
+        y = self.bound(self.head(h))
+        if self.additive is not None:
+            k = self.out_scale
+            y = torch.asinh(torch.sinh(k * y) + pulses) / k
+        return y
+
+    @property
+    def out_scale(self) -> float:
+        """``k`` of the amplitude transform (``cfg.transform_out_scale``), needed by ``additive_glitches``."""
+        if self.cfg.transform_out_scale is None:
+            raise ValueError("additive_glitches needs ModelConfig.transform_out_scale (the trainer sets it from the amplitude transform)")
+        return self.cfg.transform_out_scale
+
+    @property
+    def log_amplitude_cap(self) -> float:
+        """Cap of an additive glitch's log amplitude: ``k * hi`` with the output bound ``hi`` (a glitch
+        at most about twice the largest training value), else 20."""
+        return self.out_scale * self.cfg.output_bounds[1] if self.cfg.output_bounds is not None else 20.0
 
     def bound(self, y: torch.Tensor) -> torch.Tensor:
         """The output bound (:func:`soft_bound` with ``cfg.output_bounds``; identity when None)."""

@@ -40,6 +40,9 @@ _FIELDS = {
     "joint_detectors": "joint_detectors",
 }
 
+#: CLI options that set ModelConfig fields of the same name (a new training only)
+_MODEL_FIELDS = ("latent_dim", "generator_arch", "event_channels", "event_threshold", "event_subsample", "event_kernel", "additive_glitches")
+
 
 @click.command("train")
 @click.option("--data", "data", multiple=True, required=True, type=click.Path(path_type=Path), help="Training TOD: a crab HDF5 file (from `crab simulate`) or a .npz with 'tod' and 'sampling_rate_hz'. Repeat for several files.")
@@ -75,13 +78,18 @@ _FIELDS = {
 @click.option("--event-threshold", type=float, default=None, callback=positive_float, help="Threshold of the event channels (standard-normal units; 2.5: 1.2 %% of samples).")
 @click.option("--event-subsample/--no-event-subsample", default=None, help="Place each event at a random time between two samples (or at a sample). [default: between]")
 @click.option("--event-kernel", type=int, default=None, callback=_nonneg_int, help="Taps (odd) of a learned pulse filter of the event channels (their rise and decay); 0: none. [default: 33]")
+@click.option(
+    "--additive-glitches/--no-additive-glitches",
+    default=None,
+    help="Add the glitches of the event channels in TOD units (amplitude x learned pulse, before the amplitude transform) or let the network draw them. [default: add]",
+)
 @click.option("--generator-arch", type=click.Choice(["streaming", "paper"]), default=None, help="Streaming (fully convolutional, default) or the paper's dense-input generator.")
 @click.option("--threads", type=int, default=None, callback=positive_int, help="Torch CPU threads.")
 @click.option("--condition", "condition_on", multiple=True, help="Condition both networks on this quantity of the files (phi: the solar modulation potential; give files at several phi).")
 @click.option("--joint-detectors", is_flag=True, default=None, help="Generate the detectors of a file jointly (one multi-channel window per wafer: simultaneous common-mode glitches).")
 @click.option("--recipe", type=click.Choice(["default", "paper"]), default="default", show_default=True, help="Starting hyper-parameters: CRAB's defaults (WGAN-GP) or the paper's (BCE, SGD for D, Adam for G); options given here override them.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(data, out, resume, overwrite, quiet, latent_dim, generator_arch, recipe, event_channels, event_threshold, event_subsample, event_kernel, **opts):
+def train(data, out, resume, overwrite, quiet, recipe, **opts):
     """Train the GAN on TOD from `crab simulate` (or your own Monte Carlo).
 
     \b
@@ -96,22 +104,22 @@ def train(data, out, resume, overwrite, quiet, latent_dim, generator_arch, recip
     if resume and overwrite:
         raise InputError("--resume and --overwrite exclude each other")
     condition_on = opts.pop("condition_on")
+    mkw = {k: v for k in _MODEL_FIELDS if (v := opts.pop(k)) is not None}
     overrides = {_FIELDS[k]: v for k, v in opts.items() if v is not None}
     if condition_on:
         overrides["condition_on"] = tuple(condition_on)
     model_config = None
     if resume:
         base = checkpoint_train_config(out)
-        if latent_dim is not None or generator_arch is not None or recipe != "default" or event_channels is not None or event_threshold is not None or event_subsample is not None or event_kernel is not None:
-            raise InputError("--latent-dim, --generator-arch, --event-* and --recipe cannot change when resuming")
+        if mkw or recipe != "default":
+            raise InputError("--latent-dim, --generator-arch, --event-*, --additive-glitches and --recipe cannot change when resuming")
     else:
         base = TrainConfig.paper() if recipe == "paper" else TrainConfig()
-        mkw = {k: v for k, v in (("latent_dim", latent_dim), ("generator_arch", generator_arch), ("event_threshold", event_threshold), ("event_subsample", event_subsample), ("event_kernel", event_kernel)) if v is not None}
-        if event_channels is not None:
+        if "event_channels" in mkw:
             # one Gaussian full-resolution noise channel plus the event channels (upsample_factor latents each)
             base_model = ModelConfig()
-            noise_dim = base_model.upsample_factor * (1 + event_channels)
-            mkw.update(event_channels=event_channels, noise_dim=noise_dim)
+            noise_dim = base_model.upsample_factor * (1 + mkw["event_channels"])
+            mkw["noise_dim"] = noise_dim
             mkw.setdefault("latent_dim", base_model.latent_dim - base_model.noise_dim + noise_dim)
         try:
             model_config = ModelConfig(**mkw, window_samples=overrides.get("window_samples", base.window_samples))
