@@ -56,6 +56,10 @@ def test_model_store_round_trip_and_checks(tmp_path):
     for k, v in g.state_dict().items():
         assert torch.equal(v, m.generator.state_dict()[k])
     assert not m.generator.training
+    # the default generator adds its glitches in TOD units: it is stored with the transform's out_scale
+    assert g.additive is not None and g.cfg.transform_out_scale is None and m.model_config.transform_out_scale == 0.5
+    with pytest.raises(ValueError, match="out_scale is 0.5"):
+        save_model(tmp_path / "other", Generator(ModelConfig(window_samples=64, transform_out_scale=0.7)), AmplitudeTransform(0.0, 2.0, 0.5), 19.0)
     with pytest.raises(ModelCompatibilityError, match="trained for 19 Hz, but 31 Hz"):
         load_model(tmp_path, sampling_rate_hz=31.0)
     with pytest.raises(ModelCompatibilityError, match="windows of 64 samples"):

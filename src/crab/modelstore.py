@@ -6,6 +6,7 @@ See ``docs/design.md``: ``model.pt`` is a plain dict saved with
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from dataclasses import dataclass, field
@@ -87,11 +88,21 @@ def save_model(
     cond_range: list[tuple[float, float]] | None = None,
     **extra: Any,
 ) -> Path:
-    """Write ``model.pt`` atomically (``path`` is the file or its directory)."""
+    """Write ``model.pt`` atomically (``path`` is the file or its directory).
+
+    A generator with additive glitches (``ModelConfig.additive_glitches``) is
+    stored with ``transform_out_scale`` = ``transform.out_scale`` (filled in
+    when the generator's config leaves it unset; an error when it differs).
+    """
     p = Path(path)
     if p.is_dir() or p.suffix != ".pt":
         p = p / MODEL_FILE
     cfg = generator.cfg
+    if getattr(generator, "additive", None) is not None:
+        k = cfg.transform_out_scale
+        if k is not None and not np.isclose(k, transform.out_scale, rtol=1e-6, atol=0):
+            raise ValueError(f"the generator adds glitches with transform_out_scale {k}, but the transform's out_scale is {transform.out_scale}")
+        cfg = dataclasses.replace(cfg, transform_out_scale=float(transform.out_scale))
     payload = {
         "format": MODEL_FORMAT,
         "format_version": MODEL_FORMAT_VERSION,
