@@ -236,9 +236,9 @@ class _FastStreamingNet:
         self.events = (int(cfg.event_channels), float(cfg.event_threshold), bool(cfg.event_subsample))  # crab.model.event_noise arguments
         ef = getattr(gen, "event_filter", None)  # crab.model.EventFilter: learned pulses of the events, more last-stage inputs
         self.event_filter = None
-        if ef is not None:  # as (events, taps, pulses) weights and the shift of each tap
+        if ef is not None:  # as (events, taps, pulses) weights and the half-length
             taps = ef.conv.kernel_size[0]
-            self.event_filter = (ef.conv.weight.detach().to(torch.float32).permute(1, 2, 0).contiguous(), taps // 2 - torch.arange(taps))
+            self.event_filter = (ef.conv.weight.detach().to(torch.float32).permute(1, 2, 0).contiguous(), taps // 2)
             n_noise += ef.conv.out_channels
         ag = getattr(gen, "additive", None)  # crab.model.AdditiveGlitches: pulses added in TOD units to the output
         self.additive = None
@@ -386,10 +386,12 @@ class _FastStreamingNet:
 
         return torch.from_numpy(b)
 
-    def run(self, z, cond: np.ndarray | None = None) -> np.ndarray:
+    def run(self, z, cond: np.ndarray | None = None, linear: bool = False) -> np.ndarray:
         """Valid outputs for latents ``z`` (torch (n_steps, latent_dim)): float32 numpy (out_channels, n_out).
 
-        ``cond``: normalised condition values (cond_dim,) of this stretch, for a conditioned generator."""
+        ``cond``: normalised condition values (cond_dim,) of this stretch, for a conditioned generator.
+        ``linear`` (additive glitches only): return ``sinh(k y)`` instead of ``y``, i.e. ``(x - x0) / s``
+        in TOD units, without the ``asinh`` that the inverse transform would undo."""
         import torch
         import torch.nn.functional as F
 
@@ -405,10 +407,11 @@ class _FastStreamingNet:
             n_noise = nd // f
             zn = z[:, self.latent_dim - nd :]
             full = zn.reshape(steps, n_noise, f).transpose(1, 2).reshape(steps * f, n_noise)
-            if self.additive is not None:
-                pulses = self._additive_pulses(full)
             if self.events[0]:
-                full = self._event_inputs(full)
+                ev = self._events(full)
+                if self.additive is not None:
+                    pulses = self._additive_pulses(ev, full.shape[0])
+                full = self._event_inputs(full, ev)
             noise = full.reshape(steps * f // 2, -1)
             h = z[:, : self.latent_dim - nd]
         else:
@@ -440,60 +443,89 @@ class _FastStreamingNet:
                         acc += P[j : j + n, j * C + c]
                 if act is not None:
                     res = np.where(res > 0, res, res * np.float32(act)).astype(np.float32)
-                return self._finish(res, pulses)
-        return self._finish(np.ascontiguousarray(h.numpy().T), pulses)
+                return self._finish(res, pulses, linear)
+        return self._finish(np.ascontiguousarray(h.numpy().T), pulses, linear)
 
-    def _additive_pulses(self, full):
-        """The summed pulses of :class:`crab.model.AdditiveGlitches` (torch (n_samples,)) of the raw noise inputs
-        ``full`` (n_samples, n_noise), added event by event (one scatter-add, as :meth:`_event_inputs`)."""
-        import torch
-
-        module, kernels, _, cap = self.additive
-        n_ev, taps = kernels.shape[0], kernels.shape[2]
-        h = taps // 2
-        z = full[:, full.shape[1] - n_ev :]
-        pos, ch = torch.nonzero(z.abs() > module.threshold, as_tuple=True)
-        amp = torch.exp(torch.clamp(module.log_amplitudes(z[pos, ch], ch), max=cap))
-        pulse = kernels[ch, 0]  # (events, taps)
-        if module.subsample:
-            p = (0.5 * (1.0 + torch.erf(full[pos, 0] / math.sqrt(2.0))))[:, None]
-            pulse = pulse + p * kernels[ch, 1] + (p * p) * kernels[ch, 2]
-        series = torch.zeros(full.shape[0] + 2 * h)  # h samples of margin on each side: no bounds checks
-        series.index_put_(((pos[:, None] + (2 * h - torch.arange(taps))[None, :]).reshape(-1),), (amp[:, None] * pulse).reshape(-1), accumulate=True)
-        return series[h : h + full.shape[0]]
-
-    def _finish(self, y: np.ndarray, pulses) -> np.ndarray:
-        """The output bound, then the additive glitches (``pulses`` over all samples of the run, or None)."""
+    def _finish(self, y: np.ndarray, pulses, linear: bool = False) -> np.ndarray:
+        """The output bound, then the additive glitches (``pulses`` over all samples of the run, or None;
+        ``linear``: stay in units of the transform's scale, see :meth:`run`)."""
         y = self._bound(y)
         if pulses is None:
+            if linear:
+                raise ValueError("linear output is for generators with additive glitches")
             return y
         k = np.float32(self.additive[2])
-        add = pulses[self.offset : self.offset + y.shape[1]].numpy()
-        return np.ascontiguousarray(np.arcsinh(np.sinh(k * y) + add[None, :]) / k, dtype=np.float32)
+        y *= k
+        np.sinh(y, out=y)
+        y += pulses[self.offset : self.offset + y.shape[1]].numpy()[None, :]
+        if not linear:
+            np.arcsinh(y, out=y)
+            y /= k
+        return y
 
-    def _event_inputs(self, full):
-        """:func:`crab.model.event_noise` and the event pulses (:class:`crab.model.EventFilter`) of the noise inputs.
-
-        ``full`` (n_samples, n_noise) channels-last torch noise inputs; returns (n_samples, n_noise [+ 2
-        n_events]).  Events are about 1 % of the samples, so the pulses are added event by event (one
-        scatter-add of every event's taps) instead of a dense convolution: a few torch operations, which
+    def _events(self, full):
+        """The events of the raw noise inputs ``full`` (n_samples, n_noise) (torch, channels-last): their
+        samples, event channels, latent values and sub-sample phases (None without ``event_subsample``),
+        as :func:`crab.model.event_noise` defines them.  Events are about 1 % of the samples, so the fast
+        path handles them one by one (sparse) instead of as dense channels: a few torch operations, which
         release the interpreter lock for the other generation threads."""
         import torch
 
-        from .model import event_noise
+        n_ev, threshold, subsample = self.events
+        k = full.shape[1] - n_ev
+        pos, ch = torch.nonzero(full[:, k:].abs() > threshold, as_tuple=True)
+        value = full[pos, k + ch]
+        phase = 0.5 * (1.0 + torch.erf(full[pos, 0] / math.sqrt(2.0))) if subsample else None
+        return pos, ch, value, phase
+
+    @staticmethod
+    def _scatter(n: int, pos, taps, first: int):
+        """Sum of per-event taps (events, n_taps, c) into (n, c): event ``e``'s tap ``j`` lands on sample
+        ``pos[e] + first + j`` (dropped outside ``[0, n)``)."""
+        import torch
+
+        n_taps = taps.shape[1]
+        lo = max(0, -first)
+        out = torch.zeros(n + lo + max(0, first + n_taps), taps.shape[2])  # margins on both sides: no bounds checks
+        out.index_put_(((pos[:, None] + (first + lo) + torch.arange(n_taps)[None, :]).reshape(-1),), taps.reshape(-1, taps.shape[2]), accumulate=True)
+        return out[lo : lo + n]
+
+    def _event_inputs(self, full, events):
+        """:func:`crab.model.event_noise` and the event pulses (:class:`crab.model.EventFilter`) of the noise
+        inputs, from their ``events`` (:meth:`_events`): (n_samples, n_noise [+ 2 n_events]), channels-last."""
+        import torch
 
         n_ev = self.events[0]
-        k = full.shape[1] - n_ev
-        noise = event_noise(full.T, *self.events).T
+        n, k = full.shape[0], full.shape[1] - n_ev
+        pos, ch, value, phase = events
+        # the event channels: each event's value on its sample, split with the next one by its phase
+        split = value[:, None, None] if phase is None else torch.stack([value - value * phase, value * phase], 1)[:, :, None]
+        onehot = torch.nn.functional.one_hot(ch, n_ev).to(full.dtype)[:, None, :]
+        noise = torch.cat([full[:, :k], self._scatter(n, pos, split * onehot, 0)], 1)
         if self.event_filter is None:
-            return noise.contiguous()
-        w, shift = self.event_filter  # (n_events, taps, n_pulses), (taps,): tap j adds to the sample h - j after the event
-        n, h = full.shape[0], int(shift[0])
-        pos, ch = torch.nonzero(noise[:, k:], as_tuple=True)
-        contrib = noise[pos, k + ch][:, None, None] * w[ch]  # (events, taps, pulses)
-        pulses = torch.zeros(n + 2 * h, w.shape[2])  # h samples of margin on each side: no bounds checks
-        pulses.index_put_(((pos[:, None] + (shift + h)[None, :]).reshape(-1),), contrib.reshape(-1, w.shape[2]), accumulate=True)
-        return torch.cat([noise, pulses[h : h + n]], 1)
+            return noise
+        w, h = self.event_filter  # (n_events, taps, n_pulses): tap j adds to the sample h - j after the event
+        wf = w[ch].flip(1)  # (events, taps, pulses), tap i adds to sample pos - h + i
+        if phase is not None:  # the split event: (1 - p) of the pulse at its sample, p one sample later
+            z = torch.zeros_like(wf[:, :1])
+            wf = torch.cat([split[:, 0:1] * wf, z], 1) + torch.cat([z, split[:, 1:2] * wf], 1)
+        else:
+            wf = value[:, None, None] * wf
+        return torch.cat([noise, self._scatter(n, pos, wf, -h)], 1)
+
+    def _additive_pulses(self, events, n: int):
+        """The summed pulses of :class:`crab.model.AdditiveGlitches` (torch (n,)) of the ``events`` (:meth:`_events`)."""
+        import torch
+
+        module, kernels, _, cap = self.additive
+        pos, ch, value, phase = events
+        h = kernels.shape[2] // 2
+        amp = torch.exp(torch.clamp(module.log_amplitudes(value, ch), max=cap))
+        pulse = kernels[ch, 0]  # (events, taps)
+        if phase is not None:
+            p = phase[:, None]
+            pulse = pulse + p * kernels[ch, 1] + (p * p) * kernels[ch, 2]
+        return self._scatter(n, pos, (amp[:, None] * pulse).flip(1)[:, :, None], -h)[:, 0]
 
     def _bound(self, y: np.ndarray) -> np.ndarray:
         if self.bound is None:
@@ -614,12 +646,12 @@ class GanSource(TileSource):
                 self._keys[key] = k
         return k
 
-    def _run_fast(self, fast: _FastStreamingNet, z, c: np.ndarray | None) -> np.ndarray:
+    def _run_fast(self, fast: _FastStreamingNet, z, c: np.ndarray | None, linear: bool = False) -> np.ndarray:
         """The fast network on tile latents ``z`` (steps, z_dim): (rows, n_out); an exchangeable
         wafer runs the one-detector network once per detector on (shared, own) latents."""
         if not getattr(self.gen, "exchangeable", False):
-            return fast.run(z, c)
-        return np.concatenate([fast.run(self.gen.assemble_latents(z.T, r).T.contiguous(), c) for r in range(self.rows)], axis=0)
+            return fast.run(z, c, linear)
+        return np.concatenate([fast.run(self.gen.assemble_latents(z.T, r).T.contiguous(), c, linear) for r in range(self.rows)], axis=0)
 
     def _check_fast(self, fast: _FastStreamingNet) -> None:
         """Compare the rewrite with the module on one random sequence (raises _Unsupported)."""
@@ -695,12 +727,18 @@ class GanSource(TileSource):
             z = torch.from_numpy(latent_sequence(self._key(key), t * self.tile_latents - self.margin, n, self.z_dim))
             lo = self.f * self.margin
             with torch.inference_mode():
+                linear = self._fast is not None and self._fast.additive is not None
                 if self._fast is not None:
                     a = lo - self._fast.offset
-                    y = self._run_fast(self._fast, z, c)[:, a : a + self.tile_samples]
+                    y = self._run_fast(self._fast, z, c, linear)[:, a : a + self.tile_samples]
                 else:
                     y = self.gen(z.T.contiguous()[None], self._cond_tensor(c))[0, :, lo : lo + self.tile_samples].numpy()
-            out = self._inverse(np.ascontiguousarray(y, dtype=np.float32))
+            if linear:  # additive glitches: sinh(k y) + pulses already, x = x0 + s * that (no asinh and sinh again)
+                out = np.ascontiguousarray(y, dtype=np.float32)
+                out *= np.float32(self._tf[1])
+                out += np.float32(self._tf[0])
+            else:
+                out = self._inverse(np.ascontiguousarray(y, dtype=np.float32))
         else:
             out = self._paper_tile(key, t, c)
         self._add_noise(out, key, t)
