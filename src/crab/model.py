@@ -320,6 +320,17 @@ def event_noise(noise: torch.Tensor, n_event_channels: int, threshold: float, su
     return torch.cat([gauss, ev], -2)
 
 
+def causal_decay(kernel: int, tau_samples: float) -> torch.Tensor:
+    """Taps (``kernel``, odd) of a zero-padded ``Conv1d`` that make an impulse into a causal
+    exponential decay of ``tau_samples``: tap ``j <= kernel // 2`` reads the input ``kernel // 2 - j``
+    samples earlier with weight ``exp(-(kernel // 2 - j) / tau_samples)``; the later taps are 0."""
+    h = kernel // 2
+    lag = torch.arange(h, -1, -1, dtype=torch.float32)
+    w = torch.zeros(kernel)
+    w[: h + 1] = torch.exp(-lag / tau_samples)
+    return w
+
+
 class EventFilter(nn.Module):
     """Learned pulse shapes of the event channels (``ModelConfig.event_kernel``).
 
@@ -339,13 +350,10 @@ class EventFilter(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        k = self.conv.kernel_size[0]
-        h = k // 2
-        lag = torch.arange(h, -1, -1, dtype=torch.float32)  # tap j <= h reads the input h - j samples earlier
         w = torch.zeros_like(self.conv.weight)
         for i in range(self.n_events):
             for j, tau in enumerate((1.0, 6.0)):
-                w[2 * i + j, i, : h + 1] = 0.1 * torch.exp(-lag / tau)
+                w[2 * i + j, i] = 0.1 * causal_decay(self.conv.kernel_size[0], tau)
         with torch.no_grad():
             self.conv.weight.copy_(w)
 
@@ -393,12 +401,9 @@ class AdditiveGlitches(nn.Module):
 
     def reset_parameters(self) -> None:
         k = self.conv.kernel_size[0]
-        h = k // 2
-        lag = torch.arange(h, -1, -1, dtype=torch.float32)  # tap j <= h reads the input h - j samples earlier
         w = torch.zeros_like(self.conv.weight)
         for i in range(self.n_events):
-            k0 = torch.zeros(k)
-            k0[: h + 1] = torch.exp(-lag / (1.0, 6.0)[i % 2])
+            k0 = causal_decay(k, (1.0, 6.0)[i % 2])
             w[0, i * self.n_basis] = k0
             if self.subsample:  # the linear split (1 - p, p): K(t) + p (K(t - 1) - K(t))
                 k1 = torch.zeros(k)
