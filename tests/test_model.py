@@ -151,6 +151,10 @@ def test_additive_glitches_are_pareto_pulses_added_in_tod_units():
         Generator(ModelConfig(**{**base, "transform_out_scale": None}))(torch.randn(1, 52, 12))
     with pytest.raises(ValueError, match="transform_out_scale"):
         ModelConfig(**{**base, "transform_out_scale": -1.0})
+    with pytest.raises(ValueError, match="one output channel per network run"):  # one pulse train would go to every detector
+        ModelConfig(**{**base, "out_channels": 4})
+    wafer = Generator(ModelConfig(**{**base, "out_channels": 2, "shared_latent_dim": 8}))  # exchangeable: each detector its own glitches
+    assert wafer.additive is not None and wafer(torch.randn(1, 8 + 2 * 52, 12)).shape == (1, 2, 192)
 
 
 def test_paper_generator_shape():

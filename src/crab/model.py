@@ -225,6 +225,8 @@ class ModelConfig:
             raise ValueError(f"event_subsample needs a Gaussian noise channel besides the event channels (noise_dim / {self.upsample_factor} > event_channels)")
         if self.event_kernel < 0 or (self.event_kernel and self.event_kernel % 2 == 0):
             raise ValueError(f"event_kernel must be 0 or an odd length, got {self.event_kernel}")
+        if self.additive_glitches and self.event_channels and self.event_kernel and self.generator_arch == "streaming" and self.out_channels > 1 and not self.shared_latent_dim:
+            raise ValueError("additive_glitches needs one output channel per network run: out_channels 1, or shared_latent_dim > 0 for a wafer")
         if self.transform_out_scale is not None:
             self.transform_out_scale = float(self.transform_out_scale)
             if not (self.transform_out_scale > 0 and math.isfinite(self.transform_out_scale)):
