@@ -236,14 +236,14 @@ class _FastStreamingNet:
         self.events = (int(cfg.event_channels), float(cfg.event_threshold), bool(cfg.event_subsample))  # crab.model.event_noise arguments
         ef = getattr(gen, "event_filter", None)  # crab.model.EventFilter: learned pulses of the events, more last-stage inputs
         self.event_filter = None
-        if ef is not None:  # as (events, taps, pulses) weights and the half-length
+        if ef is not None:  # as (events, taps, pulses) weights, tap i adding to the sample h - i before the event, and h
             taps = ef.conv.kernel_size[0]
-            self.event_filter = (ef.conv.weight.detach().to(torch.float32).permute(1, 2, 0).contiguous(), taps // 2)
+            self.event_filter = (ef.conv.weight.detach().to(torch.float32).permute(1, 2, 0).flip(1).contiguous(), taps // 2)
             n_noise += ef.conv.out_channels
         ag = getattr(gen, "additive", None)  # crab.model.AdditiveGlitches: pulses added in TOD units to the output
         self.additive = None
-        if ag is not None:  # the module (for its amplitudes), the pulse bases as (events, bases, taps), the output's k and the cap
-            kernels = ag.conv.weight.detach().to(torch.float32).reshape(ag.n_events, ag.n_basis, -1)
+        if ag is not None:  # the module (for its amplitudes), the pulse bases as (events, bases, taps) in time order, the output's k and the cap
+            kernels = ag.conv.weight.detach().to(torch.float32).reshape(ag.n_events, ag.n_basis, -1).flip(2).contiguous()
             self.additive = (ag, kernels, gen.out_scale, gen.log_amplitude_cap)
         self.latent_dim = int(getattr(gen, "input_latent_dim", cfg.latent_dim))  # one run's latents (shared + own when exchangeable)
         layers: list[dict[str, Any]] = []
@@ -479,39 +479,45 @@ class _FastStreamingNet:
         return pos, ch, value, phase
 
     @staticmethod
-    def _scatter(n: int, pos, taps, first: int):
-        """Sum of per-event taps (events, n_taps, c) into (n, c): event ``e``'s tap ``j`` lands on sample
+    def _scatter(out, pos, taps, first: int) -> None:
+        """Add per-event taps (events, n_taps, c) to ``out`` (n, c): event ``e``'s tap ``j`` lands on sample
         ``pos[e] + first + j`` (dropped outside ``[0, n)``)."""
         import torch
 
-        n_taps = taps.shape[1]
-        lo = max(0, -first)
-        out = torch.zeros(n + lo + max(0, first + n_taps), taps.shape[2])  # margins on both sides: no bounds checks
-        out.index_put_(((pos[:, None] + (first + lo) + torch.arange(n_taps)[None, :]).reshape(-1),), taps.reshape(-1, taps.shape[2]), accumulate=True)
-        return out[lo : lo + n]
+        n, n_taps = out.shape[0], taps.shape[1]
+        idx = (pos[:, None] + (first + torch.arange(n_taps))[None, :]).reshape(-1)
+        taps = taps.reshape(-1, taps.shape[2])
+        keep = (idx >= 0) & (idx < n)
+        if not bool(keep.all()):
+            idx, taps = idx[keep], taps[keep]
+        out.index_put_((idx,), taps, accumulate=True)
 
     def _event_inputs(self, full, events):
         """:func:`crab.model.event_noise` and the event pulses (:class:`crab.model.EventFilter`) of the noise
-        inputs, from their ``events`` (:meth:`_events`): (n_samples, n_noise [+ 2 n_events]), channels-last."""
+        inputs, from their ``events`` (:meth:`_events`): (n_samples, n_noise [+ 2 n_events]), channels-last,
+        filled with one scatter-add of every event's values and pulse taps."""
         import torch
 
         n_ev = self.events[0]
         n, k = full.shape[0], full.shape[1] - n_ev
         pos, ch, value, phase = events
-        # the event channels: each event's value on its sample, split with the next one by its phase
-        split = value[:, None, None] if phase is None else torch.stack([value - value * phase, value * phase], 1)[:, :, None]
-        onehot = torch.nn.functional.one_hot(ch, n_ev).to(full.dtype)[:, None, :]
-        noise = torch.cat([full[:, :k], self._scatter(n, pos, split * onehot, 0)], 1)
-        if self.event_filter is None:
-            return noise
-        w, h = self.event_filter  # (n_events, taps, n_pulses): tap j adds to the sample h - j after the event
-        wf = w[ch].flip(1)  # (events, taps, pulses), tap i adds to sample pos - h + i
-        if phase is not None:  # the split event: (1 - p) of the pulse at its sample, p one sample later
-            z = torch.zeros_like(wf[:, :1])
-            wf = torch.cat([split[:, 0:1] * wf, z], 1) + torch.cat([z, split[:, 1:2] * wf], 1)
-        else:
-            wf = value[:, None, None] * wf
-        return torch.cat([noise, self._scatter(n, pos, wf, -h)], 1)
+        # each event's value on its sample, split with the next one by its phase
+        split = value[:, None] if phase is None else torch.stack([value - value * phase, value * phase], 1)  # (events, 1 or 2)
+        h = 0
+        n_pulses = 0
+        if self.event_filter is not None:
+            w, h = self.event_filter  # (n_events, taps, pulses), time order: tap i adds to sample pos - h + i
+            n_pulses = w.shape[2]
+        taps = torch.zeros(len(pos), 2 * h + split.shape[1], n_ev + n_pulses)
+        taps[torch.arange(len(pos))[:, None], h + torch.arange(split.shape[1])[None, :], ch[:, None]] = split
+        if n_pulses:
+            wc = w[ch]
+            for j in range(split.shape[1]):  # the pulse of each part of the event, from its sample on
+                taps[:, j : j + 2 * h + 1, n_ev:] += split[:, j, None, None] * wc
+        out = torch.zeros(n, full.shape[1] + n_pulses)
+        out[:, :k] = full[:, :k]
+        self._scatter(out[:, k:], pos, taps, -h)
+        return out
 
     def _additive_pulses(self, events, n: int):
         """The summed pulses of :class:`crab.model.AdditiveGlitches` (torch (n,)) of the ``events`` (:meth:`_events`)."""
@@ -521,11 +527,13 @@ class _FastStreamingNet:
         pos, ch, value, phase = events
         h = kernels.shape[2] // 2
         amp = torch.exp(torch.clamp(module.log_amplitudes(value, ch), max=cap))
-        pulse = kernels[ch, 0]  # (events, taps)
+        pulse = kernels[ch, 0]  # (events, taps), tap i adds to sample pos - h + i
         if phase is not None:
             p = phase[:, None]
             pulse = pulse + p * kernels[ch, 1] + (p * p) * kernels[ch, 2]
-        return self._scatter(n, pos, (amp[:, None] * pulse).flip(1)[:, :, None], -h)[:, 0]
+        out = torch.zeros(n, 1)
+        self._scatter(out, pos, (amp[:, None] * pulse)[:, :, None], -h)
+        return out[:, 0]
 
     def _bound(self, y: np.ndarray) -> np.ndarray:
         if self.bound is None:
