@@ -471,11 +471,13 @@ class _FastStreamingNet:
         release the interpreter lock for the other generation threads."""
         import torch
 
+        from .model import event_phase
+
         n_ev, threshold, subsample = self.events
         k = full.shape[1] - n_ev
         pos, ch = torch.nonzero(full[:, k:].abs() > threshold, as_tuple=True)
         value = full[pos, k + ch]
-        phase = 0.5 * (1.0 + torch.erf(full[pos, 0] / math.sqrt(2.0))) if subsample else None
+        phase = event_phase(full[pos, 0]) if subsample else None
         return pos, ch, value, phase
 
     @staticmethod
@@ -685,11 +687,13 @@ class GanSource(TileSource):
             p, fs, seed, stream, lp = self._noise_args
             self.noise = NoiseGenerator(p, fs, seed, stream, lowpass_hz=lp, cache_blocks=max(8, 4 * n_keys * self.rows))
 
-    def _inverse(self, y: np.ndarray) -> np.ndarray:
-        """Transformed -> TOD units, in place (float32; as AmplitudeTransform.inverse)."""
+    def _inverse(self, y: np.ndarray, linear: bool = False) -> np.ndarray:
+        """Transformed -> TOD units, in place (float32; as AmplitudeTransform.inverse).  ``linear``:
+        ``y`` is already ``sinh(k y)`` (:meth:`_FastStreamingNet.run`), only scaled and shifted."""
         off, sc, osc = self._tf
-        y *= np.float32(osc)
-        np.sinh(y, out=y)
+        if not linear:
+            y *= np.float32(osc)
+            np.sinh(y, out=y)
         y *= np.float32(sc)
         y += np.float32(off)
         return y
@@ -741,12 +745,8 @@ class GanSource(TileSource):
                     y = self._run_fast(self._fast, z, c, linear)[:, a : a + self.tile_samples]
                 else:
                     y = self.gen(z.T.contiguous()[None], self._cond_tensor(c))[0, :, lo : lo + self.tile_samples].numpy()
-            if linear:  # additive glitches: sinh(k y) + pulses already, x = x0 + s * that (no asinh and sinh again)
-                out = np.ascontiguousarray(y, dtype=np.float32)
-                out *= np.float32(self._tf[1])
-                out += np.float32(self._tf[0])
-            else:
-                out = self._inverse(np.ascontiguousarray(y, dtype=np.float32))
+            # additive glitches: sinh(k y) + pulses already (linear), x = x0 + s * that (no asinh and sinh again)
+            out = self._inverse(np.ascontiguousarray(y, dtype=np.float32), linear)
         else:
             out = self._paper_tile(key, t, c)
         self._add_noise(out, key, t)

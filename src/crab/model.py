@@ -225,7 +225,7 @@ class ModelConfig:
             raise ValueError(f"event_subsample needs a Gaussian noise channel besides the event channels (noise_dim / {self.upsample_factor} > event_channels)")
         if self.event_kernel < 0 or (self.event_kernel and self.event_kernel % 2 == 0):
             raise ValueError(f"event_kernel must be 0 or an odd length, got {self.event_kernel}")
-        if self.additive_glitches and self.event_channels and self.event_kernel and self.generator_arch == "streaming" and self.out_channels > 1 and not self.shared_latent_dim:
+        if self.has_additive_glitches and self.out_channels > 1 and not self.shared_latent_dim:
             raise ValueError("additive_glitches needs one output channel per network run: out_channels 1, or shared_latent_dim > 0 for a wafer")
         if self.transform_out_scale is not None:
             self.transform_out_scale = float(self.transform_out_scale)
@@ -246,6 +246,12 @@ class ModelConfig:
                 f"window_samples must be a multiple of {self.upsample_factor} and at least "
                 f"{2 * self.upsample_factor}, got {self.window_samples}"
             )
+
+    @property
+    def has_additive_glitches(self) -> bool:
+        """Whether the generator adds glitches in TOD units: ``additive_glitches`` with event
+        channels and pulses on the streaming generator (otherwise the field is ignored)."""
+        return bool(self.additive_glitches and self.event_channels and self.event_kernel and self.generator_arch == "streaming")
 
     @property
     def upsample_factor(self) -> int:
@@ -294,6 +300,11 @@ def soft_bound(y, lo: float, hi: float, width: float):
     return out.astype(y.dtype, copy=False)
 
 
+def event_phase(gauss: torch.Tensor) -> torch.Tensor:
+    """Sub-sample phase ``p = Phi(g)``, uniform in (0, 1), of an event from the Gaussian noise latent ``g`` at its sample."""
+    return 0.5 * (1.0 + torch.erf(gauss / math.sqrt(2.0)))
+
+
 def event_noise(noise: torch.Tensor, n_event_channels: int, threshold: float, subsample: bool = False) -> torch.Tensor:
     """Turn the last ``n_event_channels`` full-resolution noise channels into sparse event channels.
 
@@ -316,7 +327,7 @@ def event_noise(noise: torch.Tensor, n_event_channels: int, threshold: float, su
     gauss, ev = noise[..., :k, :], noise[..., k:, :]
     ev = torch.where(ev.abs() > threshold, ev, torch.zeros_like(ev))
     if subsample:
-        p = 0.5 * (1.0 + torch.erf(gauss[..., :1, :] / math.sqrt(2.0)))
+        p = event_phase(gauss[..., :1, :])
         moved = ev * p
         ev = ev - moved + torch.nn.functional.pad(moved[..., :-1], (1, 0))
     return torch.cat([gauss, ev], -2)
@@ -395,6 +406,7 @@ class AdditiveGlitches(nn.Module):
     def __init__(self, n_events: int, kernel: int, threshold: float, subsample: bool) -> None:
         super().__init__()
         self.n_events, self.threshold, self.subsample = int(n_events), float(threshold), bool(subsample)
+        self._log_tail = float(torch.special.log_ndtr(torch.tensor(-self.threshold)))  # ln P(Z > t) (float32, as the latents)
         self.n_basis = 3 if self.subsample else 1
         self.conv = nn.Conv1d(self.n_events * self.n_basis, 1, kernel, padding=kernel // 2, bias=False)
         self.log_a0 = nn.Parameter(torch.zeros(self.n_events))
@@ -425,7 +437,7 @@ class AdditiveGlitches(nn.Module):
         values ``z`` (m,) of the channels ``channel`` (m,).  Meaningful where ``|z| > threshold``."""
         a, c = self.LR_MULT * self.log_a0, torch.exp(self.LR_MULT * self.log_c1)
         a, c = (a[:, None], c[:, None]) if channel is None else (a[channel], c[channel])
-        e = (torch.special.log_ndtr(torch.tensor(-self.threshold)) - torch.special.log_ndtr(-z.abs())).clamp(min=0)
+        e = (self._log_tail - torch.special.log_ndtr(-z.abs())).clamp(min=0)
         return a + c * e
 
     def forward(self, z: torch.Tensor, gauss0: torch.Tensor, log_amax: float) -> torch.Tensor:
@@ -433,7 +445,7 @@ class AdditiveGlitches(nn.Module):
         hit = z.abs() > self.threshold
         amp = torch.where(hit, torch.exp(torch.clamp(self.log_amplitudes(z), max=log_amax)), torch.zeros_like(z))
         if self.subsample:
-            p = 0.5 * (1.0 + torch.erf(gauss0 / math.sqrt(2.0)))
+            p = event_phase(gauss0)
             amp = torch.stack([amp, amp * p, amp * p * p], 2).flatten(1, 2)
         return self.conv(amp)
 
@@ -508,7 +520,7 @@ class Generator(nn.Module):
         if self.event_filter is not None:
             self.event_filter.reset_parameters()
         self.additive = None
-        if self.streaming and cfg.additive_glitches and cfg.event_channels and cfg.event_kernel:
+        if cfg.has_additive_glitches:
             self.additive = AdditiveGlitches(cfg.event_channels, cfg.event_kernel, cfg.event_threshold, cfg.event_subsample)
 
     @property

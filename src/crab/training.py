@@ -682,7 +682,7 @@ def train(
     )
     if cfg.output_bound_margin is not None:
         mcfg = dataclasses.replace(mcfg, output_bounds=output_bounds(data_, cfg.output_bound_margin))
-    if mcfg.additive_glitches and mcfg.event_channels and mcfg.event_kernel:
+    if mcfg.has_additive_glitches:
         mcfg = dataclasses.replace(mcfg, transform_out_scale=float(data_.transform.out_scale))
     if ck is not None:
         _check_resume(ck, cfg, mcfg, sources, out / CHECKPOINT_FILE)
