@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/fidelity_study.py --out fid --seeds 1 2 3 4       # default vs network-drawn glitches vs no events
+    python benchmarks/fidelity_study.py --out fid --seeds 1 2 3 4       # the default and the defaults before it (DEFAULT_VARIANTS)
     python benchmarks/fidelity_study.py --out fid --seeds 1 2 \\
         --variant default= --variant no_pulses=--event-kernel=0 \\
         --variant on_samples=--no-event-subsample --variant 160_epochs=--epochs=150   # ~7 min per run on 2 cores
@@ -36,6 +36,13 @@ import numpy as np
 
 CRAB = [sys.executable, "-c", "from crab.cli import main; main()"]
 BANDS_SIGMA = (5, 10, 20, 40, 100)
+#: The default model and the defaults before it (docs/design.md, "Discriminator peak view").
+DEFAULT_VARIANTS = (
+    "default=",
+    "no_peak_view=--no-discriminator-peak-view",
+    "two_channels=--event-channels=2,--no-discriminator-peak-view",
+    "drawn_glitches=--event-channels=2,--no-discriminator-peak-view,--no-additive-glitches",
+)
 
 
 def _run(*args: object) -> None:
@@ -66,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train-duration", type=float, default=1800.0, help="seconds of training MC [1800, as crab run]")
     args = ap.parse_args(argv)
     variants = {}
-    for v in args.variant or ["default=", "drawn_glitches=--no-additive-glitches", "no_events=--event-channels=0"]:
+    for v in args.variant or DEFAULT_VARIANTS:
         name, _, opts = v.partition("=")
         variants[name] = [o for part in opts.split(",") if part for o in part.split("=", 1)]
 

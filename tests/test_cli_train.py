@@ -73,9 +73,10 @@ def test_event_channel_options(tmp_path, npz, capsys):
     assert code == 2 and res.err.count("\n") == 1 and "noise_dim" in res.err  # --latent-dim 20 leaves no room for 4 noise channels
     code, res = _run(capsys, "train", "--data", npz(), "--out", tmp_path / "m3", "--epochs", 1, *fast, "--event-channels", 1, "--event-kernel", 8)
     assert code == 2 and res.err.count("\n") == 1 and "event_kernel" in res.err
-    _ok(capsys, "train", "--data", npz(), "--out", tmp_path / "m4", "--epochs", 1, *fast, "--event-kernel", 9, "--no-additive-glitches")
+    _ok(capsys, "train", "--data", npz(), "--out", tmp_path / "m4", "--epochs", 1, *fast, "--event-kernel", 9, "--no-additive-glitches", "--discriminator-peak-view")
     m4 = load_model(tmp_path / "m4")
     assert not m4.model_config.additive_glitches and m4.generator.additive is None
+    assert m4.model_config.discriminator_peak_view and m4.model_config.transform_out_scale == pytest.approx(m4.transform.out_scale)  # the peak view needs k too
     code, res = _run(capsys, "train", "--data", npz(), "--out", tmp_path / "m4", "--epochs", 2, *fast, "--resume", "--additive-glitches")
     assert code == 2 and "--additive-glitches" in res.err
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from crab.model import Discriminator, Generator, ModelConfig, event_noise
+from crab.model import Discriminator, Generator, ModelConfig, event_noise, peak_view
 
-SMALL = dict(window_samples=64, latent_dim=20, noise_dim=16, event_channels=0, event_subsample=False, event_kernel=0, generator_channels=(8, 8, 8, 8, 8), discriminator_channels=(8, 8, 8, 8))
+SMALL = dict(window_samples=64, latent_dim=20, noise_dim=16, event_channels=0, event_subsample=False, event_kernel=0, generator_channels=(8, 8, 8, 8, 8), discriminator_channels=(8, 8, 8, 8), discriminator_peak_view=False)
 
 
 def test_discriminator_layout():
@@ -184,10 +184,11 @@ def test_model_config_round_trip():
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     default = ModelConfig()
     assert ModelConfig.from_dict(default.to_dict()) == default
-    assert (default.event_channels, default.event_subsample, default.event_kernel, default.noise_dim) == (2, True, 33, 48)
-    # a model file written before the event fields existed keeps its network (no events)
-    assert default.additive_glitches
-    old = {k: v for k, v in ModelConfig(**SMALL).to_dict().items() if k not in ("event_channels", "event_subsample", "event_kernel", "additive_glitches", "transform_out_scale")}
+    assert (default.event_channels, default.event_subsample, default.event_kernel, default.noise_dim, default.latent_dim) == (3, True, 33, 64, 72)
+    # a model file written before the event fields existed keeps its network (no events, no peak view)
+    assert default.additive_glitches and default.discriminator_peak_view
+    new = ModelConfig(**{**SMALL, "discriminator_peak_view": True})
+    old = {k: v for k, v in new.to_dict().items() if k not in ("event_channels", "event_subsample", "event_kernel", "additive_glitches", "transform_out_scale", "discriminator_peak_view")}
     assert ModelConfig.from_dict(old) == ModelConfig(**SMALL, additive_glitches=False)
 
 
@@ -228,6 +229,37 @@ def test_generator_output_bound():
         assert g(z).min() >= lo
     with pytest.raises(ValueError):
         ModelConfig(**{**SMALL, "output_bounds": (0.0, 0.5)})  # narrower than the two knees
+
+
+def test_peak_view_is_the_glitch_shape_at_any_height():
+    k = 0.7
+    n = torch.arange(64, dtype=torch.float64)
+    pulse = torch.where(n >= 30, torch.exp(-(n - 30) / 3.0), torch.zeros(64)) + 0.4 * (n == 29)
+    views = []
+    for height in (20.0, 500.0):
+        y = torch.asinh(height * pulse) / k  # transformed units of a glitch `height` transform scales high
+        views.append(peak_view(y[None], k, 2.5)[0])
+        assert views[-1].max() == pytest.approx(1.0)
+        assert views[-1][29] == pytest.approx(0.4, abs=1e-3)  # the rise the asinh compresses
+    torch.testing.assert_close(views[0], views[1])
+    y = torch.asinh(torch.full((64,), 0.3) * torch.sin(n)) / k  # quiet window: below the floor, kept small
+    assert peak_view(y[None], k, 2.5).abs().max() < 0.3 / 2.5 * 2.1
+
+
+def test_discriminator_peak_view_channel():
+    cfg = ModelConfig(**{**SMALL, "discriminator_peak_view": True, "transform_out_scale": 0.7})
+    d = Discriminator(cfg)
+    assert d.features[0].in_channels == 3  # raw, differences, peak view
+    x = torch.randn(4, 1, 64, requires_grad=True)
+    (g,) = torch.autograd.grad(d(x).sum(), x, create_graph=True)  # the gradient penalty differentiates twice
+    g.square().sum().backward()
+    with torch.no_grad():  # the peak view alone: a window and the same window twice as high (in TOD units) look the same
+        d.features[0].weight[:, :2].zero_()
+        y = torch.asinh(torch.exp(-torch.arange(64.0) / 4.0) * 30.0)[None, None] / 0.7
+        y2 = torch.asinh(torch.sinh(0.7 * y) * 2.0) / 0.7
+        torch.testing.assert_close(d(y), d(y2), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="transform_out_scale"):
+        Discriminator(ModelConfig(**{**SMALL, "discriminator_peak_view": True}))
 
 
 def test_discriminator_diff_channel():

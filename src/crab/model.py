@@ -126,11 +126,12 @@ class ModelConfig:
         ``out_scale``), needed by ``additive_glitches``; set by the trainer
         from the training data, like ``output_bounds``.
 
-    The defaults (two event channels with sub-sample placement and 33-tap
+    The defaults (three event channels with sub-sample placement and 33-tap
     pulses, beside one Gaussian channel, whose glitches are added in TOD
-    units) are the variant with the best classifier AUC that met the
-    amplitude-distribution target of the validation most often
-    (docs/design.md, "Event channels").
+    units, and a discriminator that also sees the peak view) are the
+    variant with the lowest classifier AUC of the validation over four
+    training seeds; it met the amplitude-distribution target in three of
+    them (docs/design.md, "Event channels" and "Discriminator peak view").
     generator_arch : str
         ``"streaming"`` or ``"paper"`` (see module docstring).
     generator_channels : tuple of int
@@ -165,6 +166,17 @@ class ModelConfig:
         input channels (``x[n] - x[n-1]``, 0 at the first sample): a direct
         view of the sample-to-sample (high-frequency) noise and of glitch
         rise times.
+    discriminator_peak_view : bool
+        Feed the discriminator, as extra input channels, each window back in
+        TOD units (``sinh(k y)``, relative to its median) divided by its
+        maximum, the maximum floored at :attr:`Discriminator.PEAK_VIEW_FLOOR`
+        transform scales: the shape of the window's largest glitch,
+        independent of its height (a quiet window gives its noise, small).
+        The discriminator otherwise sees the ``asinh``-compressed window, in
+        which the samples beside a 100-sigma peak differ by about one noise
+        sigma whether they are 0.4 or 0.15 of the peak, so the generator got
+        almost no signal about the glitches' rise and width.  Needs
+        ``transform_out_scale``.
     shared_latent_dim : int
         Joint (wafer) streaming generator with ``out_channels > 1`` only: the
         channels of a *shared* latent sequence.  Each detector of the wafer is
@@ -176,8 +188,8 @@ class ModelConfig:
     """
 
     window_samples: int = 256
-    latent_dim: int = 56
-    noise_dim: int = 48
+    latent_dim: int = 72
+    noise_dim: int = 64
     generator_arch: str = "streaming"
     generator_channels: tuple[int, ...] = (32, 32, 16, 8, 8)
     discriminator_channels: tuple[int, ...] = (16, 32, 64, 64)
@@ -190,8 +202,9 @@ class ModelConfig:
     output_bounds: tuple[float, float] | None = None
     output_bound_width: float = 0.5
     discriminator_diff: bool = True
+    discriminator_peak_view: bool = True
     shared_latent_dim: int = 0
-    event_channels: int = 2
+    event_channels: int = 3
     event_threshold: float = 2.5
     event_subsample: bool = True
     event_kernel: int = 33
@@ -275,7 +288,7 @@ class ModelConfig:
 
 
 #: Fields added after the first model files, with the values that reproduce those files' networks.
-LEGACY_FIELDS = {"event_channels": 0, "event_subsample": False, "event_kernel": 0, "additive_glitches": False}
+LEGACY_FIELDS = {"event_channels": 0, "event_subsample": False, "event_kernel": 0, "additive_glitches": False, "discriminator_peak_view": False}
 
 
 def soft_bound(y, lo: float, hi: float, width: float):
@@ -616,6 +629,15 @@ class Generator(nn.Module):
         return (batch, self.cfg.latent_dim)
 
 
+def peak_view(y: torch.Tensor, out_scale: float, floor: float) -> torch.Tensor:
+    """Windows ``y`` (..., n) of transformed amplitudes back in transform scales (``sinh(k y)``),
+    minus their median, divided by ``max(window maximum, floor)``
+    (``ModelConfig.discriminator_peak_view``)."""
+    lin = torch.sinh(out_scale * y)
+    lin = lin - lin.median(dim=-1, keepdim=True).values
+    return lin / lin.amax(dim=-1, keepdim=True).clamp(min=floor)
+
+
 class _MinibatchStd(nn.Module):
     """Adds one feature: the mean over features of the standard deviation across the batch."""
 
@@ -627,13 +649,20 @@ class _MinibatchStd(nn.Module):
 class Discriminator(nn.Module):
     """TOD window -> one logit (real > 0).  Input (batch, out_channels, window_samples)."""
 
+    #: Floor of the peak view's divisor (transform scales ``s``; 10 robust noise sigma at the
+    #: default ``TrainConfig.transform_noise_multiple`` of 4): a window without a glitch above it
+    #: shows its noise at its own small height instead of stretched to 1.
+    PEAK_VIEW_FLOOR = 2.5
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
         ch, k, s = cfg.discriminator_channels, cfg.kernel_size, cfg.leaky_slope
         sn = nn.utils.parametrizations.spectral_norm if cfg.spectral_norm else (lambda m: m)
         layers: list[nn.Module] = []
-        c_in = cfg.out_channels * (2 if cfg.discriminator_diff else 1) + cfg.cond_dim
+        if cfg.discriminator_peak_view and cfg.transform_out_scale is None:
+            raise ValueError("discriminator_peak_view needs transform_out_scale (k of the amplitude transform; the trainer sets it)")
+        c_in = cfg.out_channels * (1 + cfg.discriminator_diff + cfg.discriminator_peak_view) + cfg.cond_dim
         for c in ch:
             layers += [sn(nn.Conv1d(c_in, c, k, stride=2, padding=k // 2)), nn.GroupNorm(1, c), nn.LeakyReLU(s)]
             c_in = c
@@ -646,8 +675,11 @@ class Discriminator(nn.Module):
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         if x.ndim != 3 or x.shape[-1] != self.cfg.window_samples:
             raise ValueError(f"discriminator expects (batch, {self.cfg.out_channels}, {self.cfg.window_samples}), got {tuple(x.shape)}")
+        raw = x
         if self.cfg.discriminator_diff:
             x = torch.cat([x, torch.nn.functional.pad(torch.diff(x, dim=-1), (1, 0))], 1)
+        if self.cfg.discriminator_peak_view:
+            x = torch.cat([x, peak_view(raw, self.cfg.transform_out_scale, self.PEAK_VIEW_FLOOR)], 1)
         if cond is not None:
             x = torch.cat([x, cond[:, :, None].expand(-1, -1, x.shape[-1])], 1)
         h = self.features(x)

@@ -682,7 +682,7 @@ def train(
     )
     if cfg.output_bound_margin is not None:
         mcfg = dataclasses.replace(mcfg, output_bounds=output_bounds(data_, cfg.output_bound_margin))
-    if mcfg.has_additive_glitches:
+    if mcfg.has_additive_glitches or mcfg.discriminator_peak_view:
         mcfg = dataclasses.replace(mcfg, transform_out_scale=float(data_.transform.out_scale))
     if ck is not None:
         _check_resume(ck, cfg, mcfg, sources, out / CHECKPOINT_FILE)

@@ -41,7 +41,7 @@ _FIELDS = {
 }
 
 #: CLI options that set ModelConfig fields of the same name (a new training only)
-_MODEL_FIELDS = ("latent_dim", "generator_arch", "event_channels", "event_threshold", "event_subsample", "event_kernel", "additive_glitches")
+_MODEL_FIELDS = ("latent_dim", "generator_arch", "event_channels", "event_threshold", "event_subsample", "event_kernel", "additive_glitches", "discriminator_peak_view")
 
 
 @click.command("train")
@@ -73,7 +73,7 @@ _MODEL_FIELDS = ("latent_dim", "generator_arch", "event_channels", "event_thresh
     type=int,
     default=None,
     callback=_nonneg_int,
-    help="Full-resolution event channels of the streaming generator: sparse point-process inputs (|z| > --event-threshold) beside its Gaussian noise channel; 0: none. [default: 2]",
+    help="Full-resolution event channels of the streaming generator: sparse point-process inputs (|z| > --event-threshold) beside its Gaussian noise channel; 0: none. [default: 3]",
 )
 @click.option("--event-threshold", type=float, default=None, callback=positive_float, help="Threshold of the event channels (standard-normal units; 2.5: 1.2 %% of samples).")
 @click.option("--event-subsample/--no-event-subsample", default=None, help="Place each event at a random time between two samples (or at a sample). [default: between]")
@@ -82,6 +82,11 @@ _MODEL_FIELDS = ("latent_dim", "generator_arch", "event_channels", "event_thresh
     "--additive-glitches/--no-additive-glitches",
     default=None,
     help="Add the glitches of the event channels in TOD units (amplitude x learned pulse, before the amplitude transform) or let the network draw them. [default: add]",
+)
+@click.option(
+    "--discriminator-peak-view/--no-discriminator-peak-view",
+    default=None,
+    help="Also show the discriminator each window in TOD units divided by its maximum (the largest glitch's shape at any height), not only the asinh-compressed window. [default: on]",
 )
 @click.option("--generator-arch", type=click.Choice(["streaming", "paper"]), default=None, help="Streaming (fully convolutional, default) or the paper's dense-input generator.")
 @click.option("--threads", type=int, default=None, callback=positive_int, help="Torch CPU threads.")
@@ -112,7 +117,7 @@ def train(data, out, resume, overwrite, quiet, recipe, **opts):
     if resume:
         base = checkpoint_train_config(out)
         if mkw or recipe != "default":
-            raise InputError("--latent-dim, --generator-arch, --event-*, --additive-glitches and --recipe cannot change when resuming")
+            raise InputError("--latent-dim, --generator-arch, --event-*, --additive-glitches, --discriminator-peak-view and --recipe cannot change when resuming")
     else:
         base = TrainConfig.paper() if recipe == "paper" else TrainConfig()
         if "event_channels" in mkw:
