@@ -123,8 +123,9 @@ class ModelConfig:
         with ``event_kernel`` 0.
     transform_out_scale : float or None
         ``k`` of the amplitude transform (:class:`crab.transform.AmplitudeTransform`
-        ``out_scale``), needed by ``additive_glitches``; set by the trainer
-        from the training data, like ``output_bounds``.
+        ``out_scale``), needed by ``additive_glitches`` and
+        ``discriminator_peak_view``; set by the trainer from the training
+        data, like ``output_bounds``.
 
     The defaults (three event channels with sub-sample placement and 33-tap
     pulses, beside one Gaussian channel, whose glitches are added in TOD
