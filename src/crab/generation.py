@@ -528,7 +528,7 @@ class _FastStreamingNet:
         module, kernels, _, cap = self.additive
         pos, ch, value, phase = events
         h = kernels.shape[2] // 2
-        amp = torch.exp(torch.clamp(module.log_amplitudes(value, ch), max=cap))
+        amp = module.amplitudes(value, cap, ch)
         pulse = kernels[ch, 0]  # (events, taps), tap i adds to sample pos - h + i
         if phase is not None:
             p = phase[:, None]

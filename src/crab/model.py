@@ -454,10 +454,14 @@ class AdditiveGlitches(nn.Module):
         e = (self._log_tail - torch.special.log_ndtr(-z.abs())).clamp(min=0)
         return a + c * e
 
+    def amplitudes(self, z: torch.Tensor, log_amax: float, channel: torch.Tensor | None = None) -> torch.Tensor:
+        """``A`` of event latents (as :meth:`log_amplitudes`), capped at ``exp(log_amax)``."""
+        return torch.exp(torch.clamp(self.log_amplitudes(z, channel), max=log_amax))
+
     def forward(self, z: torch.Tensor, gauss0: torch.Tensor, log_amax: float) -> torch.Tensor:
         """Pulses of the raw event latents ``z`` (batch, n_events, n) with phases from ``gauss0`` (batch, 1, n)."""
         hit = z.abs() > self.threshold
-        amp = torch.where(hit, torch.exp(torch.clamp(self.log_amplitudes(z), max=log_amax)), torch.zeros_like(z))
+        amp = torch.where(hit, self.amplitudes(z, log_amax), torch.zeros_like(z))
         if self.subsample:
             p = event_phase(gauss0)
             amp = torch.stack([amp, amp * p, amp * p * p], 2).flatten(1, 2)
