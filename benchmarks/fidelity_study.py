@@ -45,9 +45,16 @@ DEFAULT_VARIANTS = (
 )
 
 
-def _run(*args: object) -> None:
-    print("$ crab " + " ".join(map(str, args)), flush=True)
-    subprocess.run([*CRAB, *map(str, args)], check=True)
+def _run(*args: object, quiet: bool = False) -> None:
+    """``crab ARGS`` in a subprocess (its output shown unless ``quiet``, and then only if it fails); raises if it fails."""
+    cmd = "$ crab " + " ".join(map(str, args))
+    if not quiet:
+        print(cmd, flush=True)
+    r = subprocess.run([*CRAB, *map(str, args)], capture_output=quiet, text=True)
+    if r.returncode:
+        if quiet:
+            print(cmd, r.stdout, r.stderr, sep="\n", file=sys.stderr)
+        raise subprocess.CalledProcessError(r.returncode, cmd)
 
 
 def amplitude_band_rates(path: Path, scale_sigma: float | None = None) -> tuple[np.ndarray, float]:
@@ -61,6 +68,18 @@ def amplitude_band_rates(path: Path, scale_sigma: float | None = None) -> tuple[
     amp = a.glitches.amplitude / sig  # one scale (the reference's sigma) for every set
     counts = np.histogram(amp, bins=[*BANDS_SIGMA, np.inf])[0]
     return counts / (a.duration_s * a.n_detectors / 3600.0), sig
+
+
+def ensure_mc(out: Path, train_duration_s: float = 1800.0) -> dict[str, Path]:
+    """The training MC (seed 1, ``train_duration_s``) and the held-out MC (seed 1001, 1800 s) of
+    ``crab run`` (4 detectors, 19 Hz, phi 0.6) in ``out``, simulated unless already there."""
+    out.mkdir(parents=True, exist_ok=True)
+    mc = {}
+    for tag, seed, duration in (("train", 1, train_duration_s), ("heldout", 1001, 1800)):
+        mc[tag] = out / (f"mc_{tag}.h5" if tag == "heldout" or duration == 1800 else f"mc_{tag}_{duration:g}s.h5")
+        if not mc[tag].exists():
+            _run("simulate", "--duration", duration, "--detectors", 4, "--sampling-rate", 19, "--phi", 0.6, "--seed", seed, "--out", mc[tag], "--no-progress")
+    return mc
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -78,12 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         variants[name] = [o for part in opts.split(",") if part for o in part.split("=", 1)]
 
     out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    mc = {}
-    for tag, seed, duration in (("train", 1, args.train_duration), ("heldout", 1001, 1800)):
-        mc[tag] = out / (f"mc_{tag}.h5" if tag == "heldout" or duration == 1800 else f"mc_{tag}_{duration:g}s.h5")
-        if not mc[tag].exists():
-            _run("simulate", "--duration", duration, "--detectors", 4, "--sampling-rate", 19, "--phi", 0.6, "--seed", seed, "--out", mc[tag], "--no-progress")
+    mc = ensure_mc(out, args.train_duration)
     ref_rates, sig = amplitude_band_rates(mc["heldout"])
     rows = []
     for name, opts in variants.items():

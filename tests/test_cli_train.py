@@ -44,9 +44,11 @@ def test_train_and_resume(tmp_path, npz, capsys):
     assert m.model_config.latent_dim == 20
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["seed"] == 3 and cfg["config"]["window_samples"] == 64
-    # resume to more epochs: the stored configuration is reused
-    _ok(capsys, "train", "--data", npz(), "--out", out, "--epochs", 2, "--resume", "--quiet")
+    # resume to more epochs: the stored configuration is reused; snapshots may start on resuming
+    _ok(capsys, "train", "--data", npz(), "--out", out, "--epochs", 2, "--resume", "--quiet", "--snapshot-every", 1)
     assert len(json.loads((out / "history.json").read_text())["rows"]) == 2
+    assert [p.name for p in (out / "snapshots").iterdir()] == ["epoch_0002"]
+    assert load_model(out / "snapshots" / "epoch_0002").extra["epoch"] == 2
     # another window length than the checkpoint's: clear error
     code, res = _run(capsys, "train", "--data", npz(), "--out", out, "--epochs", 3, "--resume", "--window-samples", 128)
     assert code == 2 and res.err.count("\n") == 1 and "64 samples" in res.err

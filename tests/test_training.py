@@ -393,3 +393,20 @@ def test_glitch_preserving_highpass_option_and_old_checkpoints(source, tmp_path)
     assert checkpoint_train_config(tmp_path / "plain").highpass_clip_sigma is None
     r = train([source], tmp_path / "plain", None, None, resume=True, progress=False)
     assert r.epochs_done == 1
+
+
+def test_snapshots_are_loadable_models_and_do_not_change_training(source, tmp_path):
+    """snapshot_every: the generation model of every N-th adversarial epoch in snapshots/epoch_NNNN, same training."""
+    from crab.modelstore import load_model
+
+    plain = _weights(source, tmp_path, "plain", epochs=4, d_pretrain_epochs=1)
+    snap = _weights(source, tmp_path, "snap", epochs=4, d_pretrain_epochs=1, snapshot_every=2)
+    assert not _changed(plain["generator"], snap["generator"]) and not _changed(plain["discriminator"], snap["discriminator"])
+    assert not (tmp_path / "plain" / "snapshots").exists()
+    # adversarial epochs 2 and 4 are history epochs 3 and 5 (after one pretraining epoch)
+    snaps = sorted(p.name for p in (tmp_path / "snap" / "snapshots").iterdir())
+    assert snaps == ["epoch_0003", "epoch_0005"]
+    m = load_model(tmp_path / "snap" / "snapshots" / "epoch_0005")
+    assert m.extra["epoch"] == 5
+    with pytest.raises(InputError, match="snapshot_every"):
+        TrainConfig(snapshot_every=-1)

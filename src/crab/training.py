@@ -75,7 +75,10 @@ CHECKPOINT_VERSION = 1
 PLOT_INTERVAL_S = 20.0
 
 #: TrainConfig fields that may differ when resuming (everything else must match).
-RESUMABLE_CHANGES = ("epochs", "num_threads")
+RESUMABLE_CHANGES = ("epochs", "num_threads", "snapshot_every")
+
+#: Folder of the model directory that holds the snapshots (``TrainConfig.snapshot_every``).
+SNAPSHOT_DIR = "snapshots"
 
 #: Shared (wafer) latent channels of a joint-detector generator (``TrainConfig.joint_detectors``).
 JOINT_SHARED_LATENT_DIM = 8
@@ -180,6 +183,13 @@ class TrainConfig:
         detector of the wafer from a shared wafer latent stream plus the
         detector's own latents, so wafer hits are common and direct hits and
         noise independent; the discriminator sees all channels at once.
+    snapshot_every : int
+        Also write the generation model (as ``model.pt``, slow noise
+        calibrated) of every ``snapshot_every``-th adversarial epoch to
+        ``snapshots/epoch_NNNN/`` of the model directory, each loadable by
+        ``crab generate --model``: to validate the model along training
+        (``benchmarks/training_trajectory.py``).  0 (default): none.  It does
+        not change the training.
 
     Defaults
     --------
@@ -296,6 +306,7 @@ class TrainConfig:
     num_threads: int | None = None
     condition_on: tuple[str, ...] = ()
     joint_detectors: bool = False
+    snapshot_every: int = 0
 
     @classmethod
     def paper(cls, **overrides: Any) -> "TrainConfig":
@@ -330,6 +341,7 @@ class TrainConfig:
             (self.output_bound_margin is None or self.output_bound_margin >= 0, f"output_bound_margin must be >= 0 or None, got {self.output_bound_margin}"),
             (self.synthetic_weight > 0, f"synthetic_weight must be > 0, got {self.synthetic_weight}"),
             (0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}"),
+            (self.snapshot_every >= 0, f"snapshot_every must be >= 0 (0: no snapshots), got {self.snapshot_every}"),
             (self.window_samples >= 32, f"window_samples must be >= 32, got {self.window_samples}"),
             (0.0 < self.val_fraction < 1.0, f"val_fraction must be in (0, 1), got {self.val_fraction}"),
             (self.val_windows >= 2 and self.quality_windows >= 2, "val_windows and quality_windows must be >= 2"),
@@ -848,14 +860,21 @@ def _run(cfg: TrainConfig, mcfg: ModelConfig, data: TrainingData, sources, out: 
         history.append(row)
 
         # -- best model (adversarial epochs only), then the checkpoint, each written atomically
-        if not pretrain and quality < best_quality:
-            best_quality, best_epoch = quality, epoch
+        def save_generation_model(where: Path) -> None:
             slow = calibrated_noise_params(G_eval, data, cfg.seed) if cfg.slow_noise_calibration else data.noise_params
-            save_model(out, G_eval, tf, data.sampling_rate_hz, units=data.units, noise_params=slow, highpass_hz=data.highpass_hz,
+            save_model(where, G_eval, tf, data.sampling_rate_hz, units=data.units, noise_params=slow, highpass_hz=data.highpass_hz,
                        detectors_trained=data.detectors, epoch=epoch, quality=quality, quality_floor=floor, noise_sigma=data.noise_sigma,
                        cond_names=data.cond_names, cond_range=data.cond_range,
                        train_config=_norm_dict(cfg.to_dict()))
+
+        if not pretrain and quality < best_quality:
+            best_quality, best_epoch = quality, epoch
+            save_generation_model(out)
             atomic_write_bytes(out / BEST_FILE, _to_bytes(checkpoint(epoch)))
+        if not pretrain and cfg.snapshot_every and (epoch - cfg.d_pretrain_epochs) % cfg.snapshot_every == 0:
+            snap = out / SNAPSHOT_DIR / f"epoch_{epoch:04d}"
+            snap.mkdir(parents=True, exist_ok=True)
+            save_generation_model(snap)
         atomic_write_bytes(out / CHECKPOINT_FILE, _to_bytes(checkpoint(epoch)))
         final = epoch == cfg.total_epochs
         plot = final or time.time() - last_plot >= PLOT_INTERVAL_S

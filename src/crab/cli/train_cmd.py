@@ -38,6 +38,7 @@ _FIELDS = {
     "val_fraction": "val_fraction",
     "threads": "num_threads",
     "joint_detectors": "joint_detectors",
+    "snapshot_every": "snapshot_every",
 }
 
 #: CLI options that set ModelConfig fields of the same name (a new training only)
@@ -92,6 +93,7 @@ _MODEL_FIELDS = ("latent_dim", "generator_arch", "event_channels", "event_thresh
 @click.option("--threads", type=int, default=None, callback=positive_int, help="Torch CPU threads.")
 @click.option("--condition", "condition_on", multiple=True, help="Condition both networks on this quantity of the files (phi: the solar modulation potential; give files at several phi).")
 @click.option("--joint-detectors", is_flag=True, default=None, help="Generate the detectors of a file jointly (one multi-channel window per wafer: simultaneous common-mode glitches).")
+@click.option("--snapshot-every", type=int, default=None, callback=_nonneg_int, help="Also write the generation model of every N-th adversarial epoch to OUT/snapshots/epoch_NNNN (0: none; see benchmarks/training_trajectory.py).  [default: 0]")
 @click.option("--recipe", type=click.Choice(["default", "paper"]), default="default", show_default=True, help="Starting hyper-parameters: CRAB's defaults (WGAN-GP) or the paper's (BCE, SGD for D, Adam for G); options given here override them.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(data, out, resume, overwrite, quiet, recipe, **opts):
