@@ -70,16 +70,56 @@ def amplitude_band_rates(path: Path, scale_sigma: float | None = None) -> tuple[
     return counts / (a.duration_s * a.n_detectors / 3600.0), sig
 
 
+def simulate_mc(path: Path, seed: int, duration_s: float = 1800.0) -> Path:
+    """``crab simulate`` of the Monte Carlo configuration of ``crab run`` (4 detectors, 19 Hz, phi
+    0.6) to ``path``, unless it is already there."""
+    if not path.exists():
+        _run("simulate", "--duration", duration_s, "--detectors", 4, "--sampling-rate", 19, "--phi", 0.6, "--seed", seed, "--out", path, "--no-progress")
+    return path
+
+
 def ensure_mc(out: Path, train_duration_s: float = 1800.0) -> dict[str, Path]:
     """The training MC (seed 1, ``train_duration_s``) and the held-out MC (seed 1001, 1800 s) of
-    ``crab run`` (4 detectors, 19 Hz, phi 0.6) in ``out``, simulated unless already there."""
+    ``crab run`` in ``out`` (:func:`simulate_mc`)."""
     out.mkdir(parents=True, exist_ok=True)
-    mc = {}
-    for tag, seed, duration in (("train", 1, train_duration_s), ("heldout", 1001, 1800)):
-        mc[tag] = out / (f"mc_{tag}.h5" if tag == "heldout" or duration == 1800 else f"mc_{tag}_{duration:g}s.h5")
-        if not mc[tag].exists():
-            _run("simulate", "--duration", duration, "--detectors", 4, "--sampling-rate", 19, "--phi", 0.6, "--seed", seed, "--out", mc[tag], "--no-progress")
-    return mc
+    train_name = "mc_train.h5" if train_duration_s == 1800 else f"mc_train_{train_duration_s:g}s.h5"
+    return {"train": simulate_mc(out / train_name, 1, train_duration_s), "heldout": simulate_mc(out / "mc_heldout.h5", 1001)}
+
+
+class HeldoutClassifier:
+    """The classifier two-sample test of ``crab validate`` against one reference TOD file: its window
+    features, MLP and splits, a synthetic file scored as ``crab validate`` scores its first synthetic
+    set (``splits`` None: ``crab validate``'s number of splits)."""
+
+    def __init__(self, reference: Path) -> None:
+        from crab.tod_io import read_tod
+        from crab.validation import ValidationConfig, analyse
+
+        self.cfg = ValidationConfig()
+        ref = read_tod(reference)
+        self.ref = analyse(ref.tod, ref.meta.sampling_rate_hz, ref.meta.detectors, self.cfg, name="reference")
+        self.scale = float(np.median(self.ref.sigma))
+
+    def _test(self, a, ma: np.ndarray, b, mb: np.ndarray, key: tuple[int, ...], splits: int | None):
+        from crab import metrics as M
+
+        kw = self.cfg.classifier_kwargs()
+        kw["repeats"] = splits or kw["repeats"]
+        return M.classifier_two_sample_test(a.win_clf_feats[ma], b.win_clf_feats[mb], groups_a=a.win_block[ma], groups_b=b.win_block[mb], key=key, **kw)
+
+    def floor(self, splits: int | None = None):
+        """The test between the reference's two halves (``crab validate``'s floor)."""
+        half = (np.arange(self.ref.n_blocks) < self.ref.n_blocks // 2)[self.ref.win_block]
+        return self._test(self.ref, half, self.ref, ~half, (2, 0), splits)
+
+    def auc(self, path: Path, splits: int | None = None) -> float:
+        """Classifier AUC of the TOD file ``path`` against the reference."""
+        from crab.tod_io import read_tod
+        from crab.validation import analyse
+
+        s = read_tod(path)
+        sa = analyse(s.tod, s.meta.sampling_rate_hz, s.meta.detectors, self.cfg, scale_sigma=self.scale, name=path.stem)
+        return self._test(self.ref, slice(None), sa, slice(None), (2, 1), splits).auc
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fidelity_study import _run, ensure_mc  # noqa: E402
+from fidelity_study import HeldoutClassifier, ensure_mc, simulate_mc  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,29 +36,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--splits", type=int, default=None, help="classifier splits (default: crab validate's)")
     args = ap.parse_args(argv)
 
-    from crab import metrics as M
-    from crab.tod_io import read_tod
-    from crab.validation import ValidationConfig, analyse
-
     mc = ensure_mc(args.out)
-    cfg = ValidationConfig()
-    splits = args.splits or cfg.classifier_repeats
-    kw = dict(steps=cfg.classifier_steps, hidden=cfg.classifier_hidden, weight_decay=cfg.classifier_weight_decay, max_per_class=cfg.classifier_max_windows, seed=cfg.seed, repeats=splits)
-    ref = read_tod(mc["heldout"])
-    ra = analyse(ref.tod, ref.meta.sampling_rate_hz, ref.meta.detectors, cfg, name="reference")
-    scale = float(np.median(ra.sigma))
-    half = np.arange(ra.n_blocks) < ra.n_blocks // 2  # crab validate's halves
-    wa, wb = half[ra.win_block], ~half[ra.win_block]
-    floor = M.classifier_two_sample_test(ra.win_clf_feats[wa], ra.win_clf_feats[wb], groups_a=ra.win_block[wa], groups_b=ra.win_block[wb], key=(2, 0), **kw)
+    clf = HeldoutClassifier(mc["heldout"])
+    floor = clf.floor(args.splits)
     print(f"floor (held-out MC, half A vs half B): AUC {floor.auc:.3f} +- {floor.auc_sigma:.3f}")
     aucs = {}
     for seed in [1, *args.seeds]:
-        path = mc["train"] if seed == 1 else args.out / f"mc_seed{seed}.h5"
-        if not path.exists():
-            _run("simulate", "--duration", 1800, "--detectors", 4, "--sampling-rate", 19, "--phi", 0.6, "--seed", seed, "--out", path, "--no-progress")
-        s = read_tod(path)
-        sa = analyse(s.tod, s.meta.sampling_rate_hz, s.meta.detectors, cfg, scale_sigma=scale, name=path.stem)
-        aucs[seed] = M.classifier_two_sample_test(ra.win_clf_feats, sa.win_clf_feats, groups_a=ra.win_block, groups_b=sa.win_block, key=(2, 1), **kw).auc
+        path = mc["train"] if seed == 1 else simulate_mc(args.out / f"mc_seed{seed}.h5", seed)
+        aucs[seed] = clf.auc(path, args.splits)
         print(f"MC seed {seed}{' (the training MC)' if seed == 1 else ''}: AUC {aucs[seed]:.3f}", flush=True)
     others = np.array([a for s, a in aucs.items() if s != 1])
     if others.size:

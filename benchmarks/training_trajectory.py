@@ -32,10 +32,8 @@ import csv
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fidelity_study import _run, ensure_mc  # noqa: E402
+from fidelity_study import HeldoutClassifier, _run, ensure_mc  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,16 +47,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("train_options", nargs="*", help="more crab train options (after --)")
     args = ap.parse_args(argv)
 
-    from crab import metrics as M
-    from crab.tod_io import read_tod
-    from crab.validation import ValidationConfig, analyse
+    from crab.modelstore import load_model
 
     mc = ensure_mc(args.out)
-    cfg = ValidationConfig()
-    ref = read_tod(mc["heldout"])
-    ra = analyse(ref.tod, ref.meta.sampling_rate_hz, ref.meta.detectors, cfg, name="reference")
-    scale = float(np.median(ra.sigma))
-    kw = dict(steps=cfg.classifier_steps, hidden=cfg.classifier_hidden, weight_decay=cfg.classifier_weight_decay, max_per_class=cfg.classifier_max_windows)
+    clf = HeldoutClassifier(mc["heldout"])
     for seed in args.seeds:
         d = args.out / f"s{seed}"
         model = d / "model"
@@ -66,20 +58,15 @@ def main(argv: list[str] | None = None) -> None:
             extra = [] if args.epochs is None else ["--epochs", args.epochs]
             extra += [] if args.threads is None else ["--threads", args.threads]
             _run("train", "--data", mc["train"], "--out", model, "--seed", seed, "--quiet", "--overwrite", "--snapshot-every", args.every, *extra, *args.train_options)
-        rows = list(csv.DictReader((model / "history.csv").open()))
-        history = {int(r["epoch"]): float(r["quality"]) for r in rows}
-        adversarial = [int(r["epoch"]) for r in rows if r["phase"] == "gan"]
-        kept = min(adversarial, key=lambda e: (history[e], e))  # the first epoch of least quality statistic
+        history = {int(r["epoch"]): float(r["quality"]) for r in csv.DictReader((model / "history.csv").open())}
+        kept = load_model(model).extra["epoch"]
         print(f"\nseed {seed}: epoch, sample-quality statistic, classifier AUC vs held-out MC (mean of {args.splits} splits); * = the epoch crab train kept")
         for snap in sorted((model / "snapshots").glob("epoch_*")):
             epoch = int(snap.name.split("_")[1])
             gan = d / f"gan_{snap.name}.h5"
             if not gan.exists():
                 _run("generate", "--model", snap, "--duration", "1h", "--detectors", 4, "--seed", 2001, "--out", gan, "--no-progress", quiet=True)
-            s = read_tod(gan)
-            sa = analyse(s.tod, s.meta.sampling_rate_hz, s.meta.detectors, cfg, scale_sigma=scale, name=gan.stem)
-            clf = M.classifier_two_sample_test(ra.win_clf_feats, sa.win_clf_feats, groups_a=ra.win_block, groups_b=sa.win_block, seed=cfg.seed, repeats=args.splits, key=(2, 1), **kw)
-            print(f"  {epoch:4d}{'*' if epoch == kept else ' '}  {history.get(epoch, float('nan')):.4f}  {clf.auc:.3f}", flush=True)
+            print(f"  {epoch:4d}{'*' if epoch == kept else ' '}  {history.get(epoch, float('nan')):.4f}  {clf.auc(gan, args.splits):.3f}", flush=True)
 
 
 if __name__ == "__main__":

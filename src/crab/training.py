@@ -859,22 +859,23 @@ def _run(cfg: TrainConfig, mcfg: ModelConfig, data: TrainingData, sources, out: 
         row.update({f"val_{k}": v for k, v in val_stats.items()})
         history.append(row)
 
-        # -- best model (adversarial epochs only), then the checkpoint, each written atomically
-        def save_generation_model(where: Path) -> None:
-            slow = calibrated_noise_params(G_eval, data, cfg.seed) if cfg.slow_noise_calibration else data.noise_params
-            save_model(where, G_eval, tf, data.sampling_rate_hz, units=data.units, noise_params=slow, highpass_hz=data.highpass_hz,
-                       detectors_trained=data.detectors, epoch=epoch, quality=quality, quality_floor=floor, noise_sigma=data.noise_sigma,
-                       cond_names=data.cond_names, cond_range=data.cond_range,
-                       train_config=_norm_dict(cfg.to_dict()))
-
-        if not pretrain and quality < best_quality:
-            best_quality, best_epoch = quality, epoch
-            save_generation_model(out)
-            atomic_write_bytes(out / BEST_FILE, _to_bytes(checkpoint(epoch)))
+        # -- the generation model (adversarial epochs only) where it goes: the best model, a snapshot;
+        #    then best.pt and the checkpoint, each written atomically
+        is_best = not pretrain and quality < best_quality
+        model_dirs = [out] if is_best else []
         if not pretrain and cfg.snapshot_every and (epoch - cfg.d_pretrain_epochs) % cfg.snapshot_every == 0:
-            snap = out / SNAPSHOT_DIR / f"epoch_{epoch:04d}"
-            snap.mkdir(parents=True, exist_ok=True)
-            save_generation_model(snap)
+            model_dirs.append(out / SNAPSHOT_DIR / f"epoch_{epoch:04d}")
+        if model_dirs:
+            slow = calibrated_noise_params(G_eval, data, cfg.seed) if cfg.slow_noise_calibration else data.noise_params  # once for all
+            for where in model_dirs:
+                where.mkdir(parents=True, exist_ok=True)
+                save_model(where, G_eval, tf, data.sampling_rate_hz, units=data.units, noise_params=slow, highpass_hz=data.highpass_hz,
+                           detectors_trained=data.detectors, epoch=epoch, quality=quality, quality_floor=floor, noise_sigma=data.noise_sigma,
+                           cond_names=data.cond_names, cond_range=data.cond_range,
+                           train_config=_norm_dict(cfg.to_dict()))
+        if is_best:
+            best_quality, best_epoch = quality, epoch
+            atomic_write_bytes(out / BEST_FILE, _to_bytes(checkpoint(epoch)))
         atomic_write_bytes(out / CHECKPOINT_FILE, _to_bytes(checkpoint(epoch)))
         final = epoch == cfg.total_epochs
         plot = final or time.time() - last_plot >= PLOT_INTERVAL_S

@@ -169,6 +169,11 @@ class ValidationConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> "ValidationConfig":
         return cls(**dict(d))
 
+    def classifier_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`crab.metrics.classifier_two_sample_test` for this configuration."""
+        return dict(steps=self.classifier_steps, hidden=self.classifier_hidden, weight_decay=self.classifier_weight_decay,
+                    max_per_class=self.classifier_max_windows, seed=self.seed, repeats=self.classifier_repeats)
+
 
 # --------------------------------------------------------------------------- results
 @dataclass
@@ -919,7 +924,7 @@ def validate(
         pb.update()
 
         # classifier floor
-        clf_kw = dict(steps=cfg.classifier_steps, hidden=cfg.classifier_hidden, weight_decay=cfg.classifier_weight_decay, max_per_class=cfg.classifier_max_windows, seed=cfg.seed, repeats=cfg.classifier_repeats)
+        clf_kw = cfg.classifier_kwargs()
         wa, wb = half_a[ref_an.win_block], half_b[ref_an.win_block]
         clf_floor = M.classifier_two_sample_test(ref_an.win_clf_feats[wa], ref_an.win_clf_feats[wb], groups_a=ref_an.win_block[wa], groups_b=ref_an.win_block[wb], key=(2, 0), **clf_kw)
         pb.update()
