@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -125,7 +126,7 @@ class HeldoutClassifier:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="study folder")
-    ap.add_argument("--variant", action="append", default=None, help="NAME=comma-separated crab train options (repeatable)")
+    ap.add_argument("--variant", action="append", default=None, help="NAME=comma-separated crab train options, e.g. wide=--generator-channels=32,32,16,16,16,--epochs=120 (repeatable)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1])
     ap.add_argument("--epochs", type=int, default=None, help="adversarial epochs (default: crab train's)")
     ap.add_argument("--threads", type=int, default=None)
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     variants = {}
     for v in args.variant or DEFAULT_VARIANTS:
         name, _, opts = v.partition("=")
-        variants[name] = [o for part in opts.split(",") if part for o in part.split("=", 1)]
+        variants[name] = [o for part in re.split(r",(?=--)", opts) if part for o in part.split("=", 1)]  # an option's value may hold commas
 
     out = args.out
     mc = ensure_mc(out, args.train_duration)

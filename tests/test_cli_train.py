@@ -83,6 +83,33 @@ def test_event_channel_options(tmp_path, npz, capsys):
     assert code == 2 and "--additive-glitches" in res.err
 
 
+def test_architecture_and_learning_rate_decay_options(tmp_path, npz, capsys):
+    """--spectral-norm normalises the discriminator's layers, --generator-channels sets the generator's widths,
+    --causal-pulses holds the additive pulses' taps before the event at 0;
+    --lr-decay-epochs/--lr-decay-final reach the training config."""
+    from crab.training import load_checkpoint
+
+    out = tmp_path / "model"
+    _ok(capsys, "train", "--data", npz(), "--out", out, "--epochs", 2, *FAST[:-4], "--spectral-norm", "--lr-decay-epochs", 1, "--lr-decay-final", 0.5, "--generator-channels", "16,16,8,8,4",
+        "--event-channels", 1, "--event-kernel", 9, "--causal-pulses")
+    m = load_model(out)
+    assert m.model_config.spectral_norm and m.model_config.generator_channels == (16, 16, 8, 8, 4) and m.model_config.causal_pulses
+    assert m.generator.head.in_channels == 4
+    ck = load_checkpoint(out)
+    assert any("parametrizations" in k for k in ck["discriminator"])
+    assert (ck["train_config"]["lr_decay_epochs"], ck["train_config"]["lr_decay_final"]) == (1, 0.5)
+    assert ck["opt_g"]["param_groups"][0]["lr"] == pytest.approx(0.5 * ck["train_config"]["g_lr"])
+    code, res = _run(capsys, "train", "--data", npz(), "--out", out, "--epochs", 3, "--resume", "--no-spectral-norm")
+    assert code == 2 and "--spectral-norm" in res.err
+    code, res = _run(capsys, "train", "--data", npz(), "--out", tmp_path / "m2", "--epochs", 2, *FAST, "--lr-decay-epochs", 3)
+    assert code == 2 and res.err.count("\n") == 1 and "lr_decay_epochs" in res.err
+    assert not (tmp_path / "m2").exists()
+    code, res = _run(capsys, "train", "--data", npz(), "--out", tmp_path / "m3", "--epochs", 1, *FAST, "--generator-channels", "16,16")
+    assert code == 2 and res.err.count("\n") == 1 and "generator_channels needs 5 entries" in res.err
+    code, res = _run(capsys, "train", "--data", npz(), "--out", tmp_path / "m3", "--epochs", 1, *FAST, "--generator-channels", "16,a")
+    assert code == 2 and "comma-separated integers" in res.err
+
+
 @pytest.mark.parametrize(
     "case, message",
     [("missing", "not found"), ("nan", "NaN"), ("short", "too few samples"), ("rates", "different sampling rates"), ("window", "multiple of 16")],

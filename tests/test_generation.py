@@ -98,8 +98,9 @@ def test_latent_sequence_is_position_addressed():
         {"noise_dim": 48, "latent_dim": 56, "event_channels": 2, "event_threshold": 1.0, "event_kernel": 33, "additive_glitches": False},
         {"noise_dim": 48, "latent_dim": 56, "event_channels": 2, "event_threshold": 1.0, "event_kernel": 33},
         {"noise_dim": 48, "latent_dim": 56, "event_channels": 2, "event_subsample": True, "event_kernel": 33, "output_bounds": (-3.0, 3.0)},
+        {"noise_dim": 48, "latent_dim": 56, "event_channels": 2, "event_subsample": True, "event_kernel": 33, "causal_pulses": True},
     ],
-    ids=["default", "no-noise-k3", "2noise-k7", "cond", "bounded", "events", "subsample-events", "event-kernel", "additive-glitches", "default-events"],
+    ids=["default", "no-noise-k3", "2noise-k7", "cond", "bounded", "events", "subsample-events", "event-kernel", "additive-glitches", "default-events", "causal-pulses"],
 )
 def test_fast_inference_matches_the_module(tmp_path, cfg):
     m = load_model(make_model_dir(tmp_path, **cfg))

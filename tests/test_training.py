@@ -87,7 +87,7 @@ def _kill_after(monkeypatch, n_epochs):
 
 
 def test_resume_equals_uninterrupted(source, tmp_path, monkeypatch):
-    kw = dict(epochs=3, d_pretrain_epochs=1, ema_decay=0.9, loss="wgan-gp", d_optimizer="adam", d_steps_per_g_step=2, windows_per_epoch=48)
+    kw = dict(epochs=3, d_pretrain_epochs=1, ema_decay=0.9, loss="wgan-gp", d_optimizer="adam", d_steps_per_g_step=2, windows_per_epoch=48, lr_decay_epochs=2)
     _train(source, tmp_path / "full", **kw)
     with monkeypatch.context() as mp:
         _kill_after(mp, 2)
@@ -248,6 +248,21 @@ def test_ema_option(source, tmp_path):
     b = _weights(source, tmp_path, "e1", **BASE, ema_decay=0.5)
     assert a["ema"] is None and b["ema"] is not None
     assert _changed(b["ema"], b["generator"])
+
+
+def test_learning_rate_decay_option(source, tmp_path):
+    """lr_decay_epochs: both rates fall linearly to lr_decay_final of their value over the last adversarial epochs."""
+    cfg = TrainConfig(epochs=10, d_pretrain_epochs=2, lr_decay_epochs=4, lr_decay_final=0.2)
+    np.testing.assert_allclose([cfg.lr_factor(e) for e in range(1, 13)], [1.0] * 8 + [0.8, 0.6, 0.4, 0.2])
+    assert [TrainConfig(epochs=3).lr_factor(e) for e in (1, 13)] == [1.0, 1.0]  # off by default
+    const = _weights(source, tmp_path, "const", epochs=2, d_pretrain_epochs=1)
+    decay = _weights(source, tmp_path, "decay", epochs=2, d_pretrain_epochs=1, lr_decay_epochs=1, lr_decay_final=0.5)
+    for opt, lr in (("opt_d", TINY["d_lr"]), ("opt_g", TrainConfig().g_lr)):
+        assert const[opt]["param_groups"][0]["lr"] == lr and decay[opt]["param_groups"][0]["lr"] == pytest.approx(0.5 * lr)
+    assert _changed(const["generator"], decay["generator"])
+    for bad in (dict(epochs=3, lr_decay_epochs=4), dict(lr_decay_epochs=-1), dict(lr_decay_final=1.5)):
+        with pytest.raises(InputError, match="lr_decay"):
+            TrainConfig(**bad)
 
 
 def test_paper_recipe():

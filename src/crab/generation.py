@@ -243,7 +243,7 @@ class _FastStreamingNet:
         ag = getattr(gen, "additive", None)  # crab.model.AdditiveGlitches: pulses added in TOD units to the output
         self.additive = None
         if ag is not None:  # the module (for its amplitudes), the pulse bases as (events, bases, taps) in time order, the output's k and the cap
-            kernels = ag.conv.weight.detach().to(torch.float32).reshape(ag.n_events, ag.n_basis, -1).flip(2).contiguous()
+            kernels = ag.pulse_weight().detach().to(torch.float32).reshape(ag.n_events, ag.n_basis, -1).flip(2).contiguous()
             self.additive = (ag, kernels, gen.out_scale, gen.log_amplitude_cap)
         self.latent_dim = int(getattr(gen, "input_latent_dim", cfg.latent_dim))  # one run's latents (shared + own when exchangeable)
         layers: list[dict[str, Any]] = []

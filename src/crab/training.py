@@ -183,6 +183,16 @@ class TrainConfig:
         detector of the wafer from a shared wafer latent stream plus the
         detector's own latents, so wafer hits are common and direct hits and
         noise independent; the discriminator sees all channels at once.
+    lr_decay_epochs : int
+        Decay both learning rates linearly over the last ``lr_decay_epochs``
+        adversarial epochs, from ``d_lr`` / ``g_lr`` at the start of that
+        stretch to ``lr_decay_final`` times them in its last epoch (annealing
+        on the plateau of the training).  0 (default): constant rates.  Over
+        the last 40 of the default's 90 epochs (training seeds 1 / 2) both
+        runs met the amplitude and decay-time targets of ``crab validate``,
+        at a classifier AUC 0.04-0.05 higher (docs/design.md).
+    lr_decay_final : float
+        Fraction of the learning rates in the last epoch of the decay.
     snapshot_every : int
         Also write the generation model (as ``model.pt``, slow noise
         calibrated) of every ``snapshot_every``-th adversarial epoch to
@@ -306,6 +316,8 @@ class TrainConfig:
     num_threads: int | None = None
     condition_on: tuple[str, ...] = ()
     joint_detectors: bool = False
+    lr_decay_epochs: int = 0
+    lr_decay_final: float = 0.1
     snapshot_every: int = 0
 
     @classmethod
@@ -341,6 +353,8 @@ class TrainConfig:
             (self.output_bound_margin is None or self.output_bound_margin >= 0, f"output_bound_margin must be >= 0 or None, got {self.output_bound_margin}"),
             (self.synthetic_weight > 0, f"synthetic_weight must be > 0, got {self.synthetic_weight}"),
             (0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}"),
+            (0 <= self.lr_decay_epochs <= self.epochs, f"lr_decay_epochs must be in [0, epochs = {self.epochs}], got {self.lr_decay_epochs}"),
+            (0.0 <= self.lr_decay_final <= 1.0, f"lr_decay_final must be in [0, 1], got {self.lr_decay_final}"),
             (self.snapshot_every >= 0, f"snapshot_every must be >= 0 (0: no snapshots), got {self.snapshot_every}"),
             (self.window_samples >= 32, f"window_samples must be >= 32, got {self.window_samples}"),
             (0.0 < self.val_fraction < 1.0, f"val_fraction must be in (0, 1), got {self.val_fraction}"),
@@ -356,6 +370,13 @@ class TrainConfig:
     @property
     def total_epochs(self) -> int:
         return self.d_pretrain_epochs + self.epochs
+
+    def lr_factor(self, epoch: int) -> float:
+        """Factor of both learning rates in ``epoch`` (1-based, pretraining included; see ``lr_decay_epochs``)."""
+        first = self.total_epochs - self.lr_decay_epochs + 1  # first epoch of the decay
+        if not self.lr_decay_epochs or epoch < first:
+            return 1.0
+        return 1.0 - (1.0 - self.lr_decay_final) * (epoch - first + 1) / self.lr_decay_epochs
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -785,6 +806,9 @@ def _run(cfg: TrainConfig, mcfg: ModelConfig, data: TrainingData, sources, out: 
         t0 = time.time()
         pretrain = epoch <= cfg.d_pretrain_epochs
         gen = torch.Generator().manual_seed(_seed_from(cfg.seed, 0, epoch))
+        for opt, lr0 in ((opt_d, cfg.d_lr), (opt_g, cfg.g_lr)):
+            for group in opt.param_groups:
+                group["lr"] = lr0 * cfg.lr_factor(epoch)
         G.train()
         D.train()
         stats = _Mean()

@@ -16,6 +16,19 @@ def _nonneg_int(ctx, param, value):
     return value
 
 
+def _channel_list(ctx, param, value):
+    """Callback: comma-separated positive integers -> tuple."""
+    if value is None:
+        return None
+    try:
+        out = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers such as 32,32,16,8,8, got {value!r}") from None
+    if not all(c >= 1 for c in out):
+        raise click.BadParameter(f"channels must be >= 1, got {value!r}")
+    return out
+
+
 #: CLI option -> TrainConfig field (options left out keep the default, or the checkpoint's value with --resume)
 _FIELDS = {
     "epochs": "epochs",
@@ -39,10 +52,15 @@ _FIELDS = {
     "threads": "num_threads",
     "joint_detectors": "joint_detectors",
     "snapshot_every": "snapshot_every",
+    "lr_decay_epochs": "lr_decay_epochs",
+    "lr_decay_final": "lr_decay_final",
 }
 
 #: CLI options that set ModelConfig fields of the same name (a new training only)
-_MODEL_FIELDS = ("latent_dim", "generator_arch", "event_channels", "event_threshold", "event_subsample", "event_kernel", "additive_glitches", "discriminator_peak_view")
+_MODEL_FIELDS = (
+    "latent_dim", "generator_arch", "event_channels", "event_threshold", "event_subsample", "event_kernel", "additive_glitches", "discriminator_peak_view",
+    "spectral_norm", "generator_channels", "causal_pulses",
+)
 
 
 @click.command("train")
@@ -65,6 +83,8 @@ _MODEL_FIELDS = ("latent_dim", "generator_arch", "event_channels", "event_thresh
 @click.option("--label-smoothing", type=float, default=None, help="One-sided label smoothing (real target 1 - s).")
 @click.option("--synthetic-weight", type=float, default=None, callback=positive_float, help="Weight of the synthetic term of the discriminator loss.")
 @click.option("--feature-weight", type=float, default=None, callback=nonnegative_float, help="Weight of the feature-matching term of the generator loss (0 disables). [default: 0.5]")
+@click.option("--lr-decay-epochs", type=int, default=None, callback=_nonneg_int, help="Decay both learning rates linearly over the last N adversarial epochs (0: constant).  [default: 0]")
+@click.option("--lr-decay-final", type=float, default=None, help="Fraction of the learning rates reached in the last epoch of --lr-decay-epochs.  [default: 0.1]")
 @click.option("--ema-decay", type=float, default=None, help="EMA of the generator weights (0 disables).")
 @click.option("--highpass-hz", type=float, default=None, help="High-pass cut before windowing (Hz; 0 disables). [default: sampling rate / (4 x window)]")
 @click.option("--val-fraction", type=float, default=None, help="Last fraction of each series kept for validation.")
@@ -85,10 +105,22 @@ _MODEL_FIELDS = ("latent_dim", "generator_arch", "event_channels", "event_thresh
     help="Add the glitches of the event channels in TOD units (amplitude x learned pulse, before the amplitude transform) or let the network draw them. [default: add]",
 )
 @click.option(
+    "--causal-pulses/--no-causal-pulses",
+    default=None,
+    help="Additive glitches: hold the pulse taps before the event at 0 (nothing is seen before a hit). [default: off]",
+)
+@click.option(
     "--discriminator-peak-view/--no-discriminator-peak-view",
     default=None,
     help="Also show the discriminator each window in TOD units divided by its maximum (the largest glitch's shape at any height), not only the asinh-compressed window. [default: on]",
 )
+@click.option(
+    "--generator-channels",
+    default=None,
+    callback=_channel_list,
+    help="Channels of the generator's coarse stage and four upsampling stages, comma-separated, coarse to fine. [default: 32,32,16,8,8]",
+)
+@click.option("--spectral-norm/--no-spectral-norm", default=None, help="Spectral normalisation of the discriminator's layers. [default: off]")
 @click.option("--generator-arch", type=click.Choice(["streaming", "paper"]), default=None, help="Streaming (fully convolutional, default) or the paper's dense-input generator.")
 @click.option("--threads", type=int, default=None, callback=positive_int, help="Torch CPU threads.")
 @click.option("--condition", "condition_on", multiple=True, help="Condition both networks on this quantity of the files (phi: the solar modulation potential; give files at several phi).")
@@ -119,7 +151,7 @@ def train(data, out, resume, overwrite, quiet, recipe, **opts):
     if resume:
         base = checkpoint_train_config(out)
         if mkw or recipe != "default":
-            raise InputError("--latent-dim, --generator-arch, --event-*, --additive-glitches, --discriminator-peak-view and --recipe cannot change when resuming")
+            raise InputError("--latent-dim, --generator-arch, --generator-channels, --event-*, --additive-glitches, --causal-pulses, --discriminator-peak-view, --spectral-norm and --recipe cannot change when resuming")
     else:
         base = TrainConfig.paper() if recipe == "paper" else TrainConfig()
         if "event_channels" in mkw:
