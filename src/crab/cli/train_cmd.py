@@ -150,8 +150,9 @@ def train(data, out, resume, overwrite, quiet, recipe, **opts):
     model_config = None
     if resume:
         base = checkpoint_train_config(out)
-        if mkw or recipe != "default":
-            raise InputError("--latent-dim, --generator-arch, --generator-channels, --event-*, --additive-glitches, --causal-pulses, --discriminator-peak-view, --spectral-norm and --recipe cannot change when resuming")
+        fixed = ["--" + k.replace("_", "-") for k in mkw] + (["--recipe"] if recipe != "default" else [])
+        if fixed:
+            raise InputError(f"{', '.join(fixed)} cannot change when resuming: the network and the recipe are the checkpoint's")
     else:
         base = TrainConfig.paper() if recipe == "paper" else TrainConfig()
         if "event_channels" in mkw:
