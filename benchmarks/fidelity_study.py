@@ -110,7 +110,9 @@ class HeldoutClassifier:
 
     def floor(self, splits: int | None = None):
         """The test between the reference's two halves (``crab validate``'s floor)."""
-        half = (np.arange(self.ref.n_blocks) < self.ref.n_blocks // 2)[self.ref.win_block]
+        from crab.validation import floor_halves
+
+        half = floor_halves(self.ref.n_blocks)[self.ref.win_block]
         return self._test(self.ref, half, self.ref, ~half, (2, 0), splits)
 
     def auc(self, path: Path, splits: int | None = None) -> float:

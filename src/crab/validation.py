@@ -697,6 +697,11 @@ def _random_half(g: np.random.Generator, n_blocks: int) -> np.ndarray:
     return m
 
 
+def floor_halves(n_blocks: int) -> np.ndarray:
+    """The reference blocks of half A of the MC-vs-MC floor (the first ``n_blocks // 2``); half B is the rest."""
+    return np.arange(n_blocks) < n_blocks // 2
+
+
 def null_masks(cfg: ValidationConfig, n_blocks: int) -> list[np.ndarray]:
     """The ``cfg.n_null`` random half-splits of ``n_blocks`` reference blocks (seeded by ``cfg.seed``)."""
     g = rng.generator(cfg.seed, "validation", 1)
@@ -892,7 +897,7 @@ def validate(
             syn_an[k] = analyse(s.tod, fs, s.meta.detectors, cfg, scale_sigma=scale, name=k)
             pb.update()
         nb = ref_an.n_blocks
-        half_a = np.arange(nb) < nb // 2
+        half_a = floor_halves(nb)
         half_b = ~half_a
         all_ref = np.ones(nb, bool)
         masks = null_masks(cfg, nb)
