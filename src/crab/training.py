@@ -806,9 +806,10 @@ def _run(cfg: TrainConfig, mcfg: ModelConfig, data: TrainingData, sources, out: 
         t0 = time.time()
         pretrain = epoch <= cfg.d_pretrain_epochs
         gen = torch.Generator().manual_seed(_seed_from(cfg.seed, 0, epoch))
+        lr_factor = cfg.lr_factor(epoch)
         for opt, lr0 in ((opt_d, cfg.d_lr), (opt_g, cfg.g_lr)):
             for group in opt.param_groups:
-                group["lr"] = lr0 * cfg.lr_factor(epoch)
+                group["lr"] = lr0 * lr_factor
         G.train()
         D.train()
         stats = _Mean()
