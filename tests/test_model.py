@@ -176,7 +176,7 @@ def test_causal_pulses_put_nothing_before_the_event():
         d = (torch.sinh(0.8 * y) - torch.sinh(0.8 * y_net)).abs()
         assert float(d[101:112].max()) > 0.01  # the pulse
         assert (float(d[:101].max()) < 1e-5) == causal  # and nothing before the event only when causal
-    w = g.additive.pulse_weight()
+    w = g.additive.pulse_weight().detach()
     assert float(w[..., 11:].abs().max()) == 0.0 and float(w[..., :11].abs().min()) > 0.0
 
 

@@ -39,6 +39,8 @@ def test_reduced_pipeline_writes_complete_report_and_resumes(tmp_path, capsys):
     for stage in ("mc_train", "train", "generate", "template", "validate", "total"):
         assert stage in out
     assert "report:" in out and "classifier AUC" in out
+    assert "AUC against the training MC instead (context): gan " in out and "## Training sample" in report
+    assert metrics["training"]["classifier_auc_sets_vs_training"].keys() == {"gan", "template"}
 
     # a second call resumes: nothing but validation runs again
     mtime = (run_dir / "model" / "model.pt").stat().st_mtime_ns

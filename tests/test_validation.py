@@ -120,6 +120,30 @@ def test_copied_windows_fail_memorisation_only(run):
     assert result.metric("independent_mc", "memorisation").passed
 
 
+def test_training_sample_context(run):
+    """With the training MC given, the classifier test is also run against it (context, not pass/fail): an
+    independent MC and a copy of the training data look like it, doubled amplitudes do not."""
+    result, out = run
+    t = result.training
+    assert 0.35 < t["classifier_auc_vs_reference"]["auc"] < 0.62  # two independent realisations
+    vs = {k: result.auc_vs_training(k) for k in result.sets}
+    assert vs["copied_training"] < 0.56 and vs["independent_mc"] < 0.6
+    assert vs["no_glitches"] > 0.75 and vs["amplitudes_x2"] > vs["independent_mc"] + 0.08
+    assert result.key_metrics()["amplitudes_x2"]["classifier_auc_vs_training"] == vs["amplitudes_x2"]
+    # scored on held-out windows: the same test as classifier_auc, so against the reference it agrees
+    for name in ("amplitudes_x2", "independent_mc"):
+        assert abs(vs[name] - result.metric(name, "classifier_auc").value) < 0.1
+    assert "against the training MC instead" in result.summary_text()
+    md = (out / "report.md").read_text()
+    assert "## Training sample (context, not pass/fail)" in md and "| `amplitudes_x2` vs training MC |" in md
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["training"]["classifier_auc_sets_vs_training"]["copied_training"]["auc"] == pytest.approx(vs["copied_training"])
+    # without training data there is no context
+    bare = validate(tod_from_array(_mc(1, n_samples=int(FS * 600)), FS), {"x": tod_from_array(_mc(3, n_samples=int(FS * 600)), FS)}, None, plots=False)
+    assert bare.auc_vs_training() is None and bare.key_metrics()["x"]["classifier_auc_vs_training"] is None
+    assert "training MC" not in bare.summary_text()
+
+
 def test_tile_joins_fail_seam_metric(run):
     result, _ = run
     s = result.sets["tiled"]

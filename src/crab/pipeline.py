@@ -123,6 +123,9 @@ class PipelineResult:
                 if s.failed():
                     lines.append(f"{'':<10} failed: {', '.join(s.failed())}")
             lines += ["", "AUC in brackets: the MC-vs-MC floor. Targets: AUC <= 0.60, glitch rate and amplitude distribution within 2 sigma of the floor."]
+            ctx = v.training_context_text()
+            if ctx:
+                lines.append(ctx)
             if v.out_dir is not None:
                 lines.append(f"report: {Path(v.out_dir) / 'report.md'}")
         return "\n".join(lines)

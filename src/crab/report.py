@@ -97,6 +97,28 @@ def describe(m: "MetricResult") -> str:
 
 
 # --------------------------------------------------------------------------- markdown
+def _training_context(result: "ValidationResult") -> list[str]:
+    """The section on the training sample: the classifier test against the training MC beside the reference."""
+    t = result.training
+    ref_vs = t["classifier_auc_vs_reference"]
+    L = ["## Training sample (context, not pass/fail)\n"]
+    L.append(
+        "The same classifier test with the training Monte Carlo in place of the reference. A model learns from one "
+        "finite sample: a set much closer to its training MC than to the reference has learned that sample's own "
+        "differences from the reference (its share of the pile-up, its noise level), not only errors of its own.\n"
+    )
+    L.append("| compared | classifier AUC | sigma of one split's AUC under the null |")
+    L.append("|---|---|---|")
+    L.append(f"| training MC vs reference | {fmt(ref_vs['auc'])} | {fmt(ref_vs['auc_sigma'])} |")
+    for name, s in result.sets.items():
+        k = result.key_metrics()[name]
+        v = t["classifier_auc_sets_vs_training"][name]
+        L.append(f"| `{name}` vs reference | {fmt(k['classifier_auc'])} | {fmt(s.metrics['classifier_auc'].quantities.get('auc_sigma')) if 'classifier_auc' in s.metrics else 'n/a'} |")
+        L.append(f"| `{name}` vs training MC | {fmt(v['auc'])} | {fmt(v['auc_sigma'])} |")
+    L.append("")
+    return L
+
+
 def markdown(result: "ValidationResult", figures: list[Path] | None = None) -> str:
     """The whole report as Markdown text."""
     cfg = result.config
@@ -110,7 +132,7 @@ def markdown(result: "ValidationResult", figures: list[Path] | None = None) -> s
         f"split into {ref['n_blocks']} blocks of {ref['block_samples']} samples; floor = half A (first {ref['n_blocks'] // 2} blocks) vs half B (the rest).\n"
     )
     if result.training:
-        L.append(f"**Training data** (memorisation test): `{result.training['path']}`, {fmt(result.training['duration_s'])} s x {result.training['n_detectors']} detectors.\n")
+        L.append(f"**Training data** (memorisation test, training-sample context): `{result.training['path']}`, {fmt(result.training['duration_s'])} s x {result.training['n_detectors']} detectors.\n")
     else:
         L.append("**Training data**: not given, memorisation test not run.\n")
     if result.warnings:
@@ -144,6 +166,9 @@ def markdown(result: "ValidationResult", figures: list[Path] | None = None) -> s
         f"{fmt(cfg.n_sigma_target)} sigma, diagnostics {fmt(cfg.n_sigma)} sigma. The floor column's own "
         "PASS/FAIL shows how often the Monte Carlo fails its own thresholds by chance.\n"
     )
+
+    if result.auc_vs_training() is not None:
+        L.extend(_training_context(result))
 
     for name, s in result.sets.items():
         L.append(f"## Set `{name}`\n")

@@ -303,6 +303,15 @@ class ValidationResult:
         Path, duration, detectors, sampling rate, blocks of the reference.
     sets : dict of str -> SetResult
     training : dict or None
+        The training MC, when given: path, duration, detectors, and two
+        classifier tests as context (not pass/fail): the training MC against
+        the reference (``classifier_auc_vs_reference``, how far the sample
+        the model learned from lies from the held-out one) and every
+        synthetic set against the training MC
+        (``classifier_auc_sets_vs_training``, ``{set: {"auc", "auc_sigma"}}``,
+        how well the model reproduces what it was shown).  A set close to
+        its training MC but far from the reference has learned the training
+        sample's own differences.
     out_dir : Path or None
         Where metrics.json / report.md / plots were written.
     warnings : list of str
@@ -345,6 +354,22 @@ class ValidationResult:
                 )
         return rows
 
+    def auc_vs_training(self, set_name: str | None = None) -> float | None:
+        """Classifier AUC of a synthetic set against the training MC, or (``set_name`` None) of the
+        training MC against the reference; None without training data."""
+        if not self.training or "classifier_auc_vs_reference" not in self.training:
+            return None
+        if set_name is None:
+            return self.training["classifier_auc_vs_reference"]["auc"]
+        return self.training["classifier_auc_sets_vs_training"][set_name]["auc"]
+
+    def training_context_text(self) -> str | None:
+        """One line on the training sample's classifier tests (:attr:`training`), or None without them."""
+        if self.auc_vs_training() is None:
+            return None
+        vs = ", ".join(f"{name} {self.auc_vs_training(name):.3f}" for name in self.sets)
+        return f"AUC against the training MC instead (context): {vs}; the training MC against the reference: {self.auc_vs_training():.3f}"
+
     def key_metrics(self) -> dict[str, dict[str, Any]]:
         """Per set: AUC, glitch rate (syn, ref, z), amplitude-distribution statistic, targets, failed metrics."""
         out = {}
@@ -354,6 +379,7 @@ class ValidationResult:
             out[name] = {
                 "classifier_auc": mm["classifier_auc"].value if "classifier_auc" in mm else None,
                 "classifier_auc_floor": mm["classifier_auc"].floor if "classifier_auc" in mm else None,
+                "classifier_auc_vs_training": self.auc_vs_training(name),
                 "glitch_rate_per_det_hour": q.get("rate_synthetic"),
                 "glitch_rate_ref_per_det_hour": q.get("rate_reference"),
                 "glitch_rate_z": mm["glitch_rate"].value if "glitch_rate" in mm else None,
@@ -379,6 +405,9 @@ class ValidationResult:
                 + (f"; AUC {auc:.3f} (floor {k['classifier_auc_floor']:.3f})" if auc is not None and np.isfinite(auc) else "")
                 + (f"; glitch rate z {k['glitch_rate_z']:.2f}" if k["glitch_rate_z"] is not None and np.isfinite(k["glitch_rate_z"]) else "")
             )
+        ctx = self.training_context_text()
+        if ctx:
+            lines.append(ctx)
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -823,6 +852,13 @@ class _Builder:
         return MetricResult(name, group, description, self.role(name), float(value), float(floor), float(threshold), float(ft), ok(value, threshold), ok(floor, ft), rule, quantities)
 
 
+def _context_auc(a: SetAnalysis, b: SetAnalysis, key: tuple[int, ...], clf_kw: dict[str, Any]) -> dict[str, float]:
+    """The classifier two-sample test of ``b`` against ``a`` (as for ``classifier_auc``): the mean AUC of the splits and
+    ``auc_sigma``, one split's AUC scatter under the null (:func:`crab.metrics.auc_null_sigma`)."""
+    clf = M.classifier_two_sample_test(a.win_clf_feats, b.win_clf_feats, groups_a=a.win_block, groups_b=b.win_block, key=key, **clf_kw)
+    return {"auc": float(clf.auc), "auc_sigma": float(clf.auc_sigma)}
+
+
 def validate(
     reference: TodFile | str | os.PathLike,
     synthetics: Mapping[str, TodFile | str | os.PathLike] | list,
@@ -847,7 +883,8 @@ def validate(
         atomically: built in a temporary folder then renamed into place (an
         existing report folder is replaced). None: compute only.
     training : TodFile or path, optional
-        The Monte Carlo the model was trained on: enables the memorisation test.
+        The Monte Carlo the model was trained on: enables the memorisation test
+        and the training-sample context (:attr:`ValidationResult.training`).
     config : ValidationConfig
     plots : bool
         Write PNG plots with the report.
@@ -887,7 +924,7 @@ def validate(
     if ref.n_samples // B < 4:
         raise InputError(f"reference too short: {ref.duration_s:.0f} s; need at least 4 blocks of {B / fs:.0f} s for two halves (lower block_s or give a longer reference)")
     warns: list[str] = []
-    steps = 3 + 3 * len(syns) + (1 if train is not None else 0)
+    steps = 3 + 3 * len(syns) + (2 if train is not None else 0)
     with bar(total=steps, desc="validate", unit="step") as pb:
         ref_an = analyse(ref.tod, fs, ref.meta.detectors, cfg, name="reference")
         scale = float(np.median(ref_an.sigma))
@@ -941,6 +978,9 @@ def validate(
             if mem.copied_reference_fraction > 0.5:
                 warns.append("more than half of the reference windows are copies of training windows: the reference is not held out")
             pb.update()
+            train_an = analyse(train.tod, fs, train.meta.detectors, cfg, scale_sigma=scale, name="training")
+            train_auc = {"training": _context_auc(ref_an, train_an, (3, 0), clf_kw)}
+            pb.update()
 
         # seams null on the reference (depends on the period; cached per period)
         seam_cache: dict[int, dict] = {}
@@ -979,6 +1019,8 @@ def validate(
                 floor_threshold=fthr,
             )
             pb.update()
+            if train is not None:
+                train_auc[sname] = _context_auc(train_an, san, (3, si + 1), clf_kw)
             # memorisation
             mres["memorisation"] = _memorisation_metric(b, cfg, mem, san, si, plot_data)
             # seams
@@ -1006,7 +1048,17 @@ def validate(
         "n_glitches": len(ref_an.glitches),
         "seed": ref.meta.seed,
     }
-    train_info = None if train is None else {"path": str(train.path), "duration_s": train.duration_s, "n_detectors": int(train.tod.shape[0])}
+    train_info = None
+    if train is not None:
+        train_info = {
+            "path": str(train.path),
+            "duration_s": train.duration_s,
+            "n_detectors": int(train.tod.shape[0]),
+            # context, not a target: the classifier test of the training MC against the reference, and of
+            # every synthetic set against the training MC (see ValidationResult.training)
+            "classifier_auc_vs_reference": train_auc.pop("training"),
+            "classifier_auc_sets_vs_training": train_auc,
+        }
     result = ValidationResult(config=cfg, reference=_jsonable(ref_info), sets=results, training=train_info, warnings=warns, plot_data=plot_data)
     result.elapsed_s = time.time() - t0
     if out_dir is not None:

@@ -39,7 +39,7 @@ def _parse_synthetic(values: tuple[str, ...]) -> dict[str, str]:
     multiple=True,
     help="Synthetic TOD file to validate, as PATH or NAME=PATH; repeat for several sets (GAN, template...).",
 )
-@click.option("--training", "-t", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Monte Carlo the model was trained on (enables the memorisation test).")
+@click.option("--training", "-t", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Monte Carlo the model was trained on (enables the memorisation test, and the classifier test against it as context: how close each set is to the sample it learned from).")
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report folder: metrics.json, report.md, PNG plots (replaced if it holds a previous report).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the random re-splits, classifier splits and subsampling.")
 @click.option("--window-samples", default=256, show_default=True, type=int, callback=positive_int, help="Window length of the per-window features, classifier and memorisation test.")
