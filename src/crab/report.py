@@ -111,9 +111,9 @@ def _training_context(result: "ValidationResult") -> list[str]:
     L.append("|---|---|---|")
     L.append(f"| training MC vs reference | {fmt(ref_vs['auc'])} | {fmt(ref_vs['auc_sigma'])} |")
     for name, s in result.sets.items():
-        k = result.key_metrics()[name]
+        m = s.metrics.get("classifier_auc")
         v = t["classifier_auc_sets_vs_training"][name]
-        L.append(f"| `{name}` vs reference | {fmt(k['classifier_auc'])} | {fmt(s.metrics['classifier_auc'].quantities.get('auc_sigma')) if 'classifier_auc' in s.metrics else 'n/a'} |")
+        L.append(f"| `{name}` vs reference | {fmt(None if m is None else m.value)} | {'n/a' if m is None else fmt(m.quantities.get('auc_sigma'))} |")
         L.append(f"| `{name}` vs training MC | {fmt(v['auc'])} | {fmt(v['auc_sigma'])} |")
     L.append("")
     return L

@@ -357,7 +357,7 @@ class ValidationResult:
     def auc_vs_training(self, set_name: str | None = None) -> float | None:
         """Classifier AUC of a synthetic set against the training MC, or (``set_name`` None) of the
         training MC against the reference; None without training data."""
-        if not self.training or "classifier_auc_vs_reference" not in self.training:
+        if not self.training:
             return None
         if set_name is None:
             return self.training["classifier_auc_vs_reference"]["auc"]
@@ -852,10 +852,15 @@ class _Builder:
         return MetricResult(name, group, description, self.role(name), float(value), float(floor), float(threshold), float(ft), ok(value, threshold), ok(floor, ft), rule, quantities)
 
 
+def _classifier_test(a: SetAnalysis, b: SetAnalysis, key: tuple[int, ...], clf_kw: dict[str, Any]) -> M.ClassifierResult:
+    """The classifier two-sample test of all windows of ``b`` against all windows of ``a`` (time blocks as groups)."""
+    return M.classifier_two_sample_test(a.win_clf_feats, b.win_clf_feats, groups_a=a.win_block, groups_b=b.win_block, key=key, **clf_kw)
+
+
 def _context_auc(a: SetAnalysis, b: SetAnalysis, key: tuple[int, ...], clf_kw: dict[str, Any]) -> dict[str, float]:
-    """The classifier two-sample test of ``b`` against ``a`` (as for ``classifier_auc``): the mean AUC of the splits and
-    ``auc_sigma``, one split's AUC scatter under the null (:func:`crab.metrics.auc_null_sigma`)."""
-    clf = M.classifier_two_sample_test(a.win_clf_feats, b.win_clf_feats, groups_a=a.win_block, groups_b=b.win_block, key=key, **clf_kw)
+    """:func:`_classifier_test` as context: the mean AUC of the splits and ``auc_sigma``, one split's AUC scatter
+    under the null (:func:`crab.metrics.auc_null_sigma`)."""
+    clf = _classifier_test(a, b, key, clf_kw)
     return {"auc": float(clf.auc), "auc_sigma": float(clf.auc_sigma)}
 
 
@@ -979,7 +984,8 @@ def validate(
                 warns.append("more than half of the reference windows are copies of training windows: the reference is not held out")
             pb.update()
             train_an = analyse(train.tod, fs, train.meta.detectors, cfg, scale_sigma=scale, name="training")
-            train_auc = {"training": _context_auc(ref_an, train_an, (3, 0), clf_kw)}
+            train_vs_ref = _context_auc(ref_an, train_an, (3, 0), clf_kw)
+            sets_vs_train: dict[str, dict[str, float]] = {}
             pb.update()
 
         # seams null on the reference (depends on the period; cached per period)
@@ -1002,7 +1008,7 @@ def validate(
             # move the slope right after the amplitude distribution for reading order
             pb.update()
             # classifier
-            clf = M.classifier_two_sample_test(ref_an.win_clf_feats, san.win_clf_feats, groups_a=ref_an.win_block, groups_b=san.win_block, key=(2, si + 1), **clf_kw)
+            clf = _classifier_test(ref_an, san, (2, si + 1), clf_kw)
             plot_data["classifier"][sname] = clf
             ns = b.nsig("classifier_auc")
             thr = max(cfg.auc_target, clf_floor.auc + ns * float(np.hypot(clf_floor.auc_sigma, clf.auc_sigma)))
@@ -1020,7 +1026,7 @@ def validate(
             )
             pb.update()
             if train is not None:
-                train_auc[sname] = _context_auc(train_an, san, (3, si + 1), clf_kw)
+                sets_vs_train[sname] = _context_auc(train_an, san, (3, si + 1), clf_kw)
             # memorisation
             mres["memorisation"] = _memorisation_metric(b, cfg, mem, san, si, plot_data)
             # seams
@@ -1056,8 +1062,8 @@ def validate(
             "n_detectors": int(train.tod.shape[0]),
             # context, not a target: the classifier test of the training MC against the reference, and of
             # every synthetic set against the training MC (see ValidationResult.training)
-            "classifier_auc_vs_reference": train_auc.pop("training"),
-            "classifier_auc_sets_vs_training": train_auc,
+            "classifier_auc_vs_reference": train_vs_ref,
+            "classifier_auc_sets_vs_training": sets_vs_train,
         }
     result = ValidationResult(config=cfg, reference=_jsonable(ref_info), sets=results, training=train_info, warnings=warns, plot_data=plot_data)
     result.elapsed_s = time.time() - t0
