@@ -37,10 +37,10 @@ import numpy as np
 def _model(path: Path, rate: float, **cfg):
     import torch
 
-    from crab.model import Generator, ModelConfig
-    from crab.modelstore import load_model, save_model
-    from crab.noise import NoiseParams
-    from crab.transform import AmplitudeTransform
+    from crab.models.gan.network import Generator, ModelConfig
+    from crab.models.gan.store import load_model, save_model
+    from crab.physics.noise import NoiseParams
+    from crab.models.gan.transform import AmplitudeTransform
 
     torch.manual_seed(0)
     g = Generator(ModelConfig(**cfg)).eval()
@@ -61,9 +61,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", type=Path, help="also write the figures as JSON")
     args = ap.parse_args(argv)
 
-    from crab.conditions import ConditionSchedule
+    from crab.physics.conditions import ConditionSchedule
     from crab.generation import TodGenerator, stream_checksum
-    from crab.training import JOINT_SHARED_LATENT_DIM
+    from crab.models.gan.training import JOINT_SHARED_LATENT_DIM
 
     dur = args.days * 86400.0
     sched = ConditionSchedule(("phi_gv",), np.array([0.0, dur]), np.array([[0.4], [1.2]]))

@@ -60,8 +60,8 @@ def _run(*args: object, quiet: bool = False) -> None:
 
 def amplitude_band_rates(path: Path, scale_sigma: float | None = None) -> tuple[np.ndarray, float]:
     """Detected glitches per detector-hour in bands of peak amplitude (``BANDS_SIGMA``, units of the noise sigma)."""
-    from crab.tod_io import read_tod
-    from crab.validation import ValidationConfig, analyse
+    from crab.io.tod import read_tod
+    from crab.validation.validate import ValidationConfig, analyse
 
     t = read_tod(path)
     a = analyse(t.tod, t.meta.sampling_rate_hz, t.meta.detectors, ValidationConfig(), name=path.stem)
@@ -93,8 +93,8 @@ class HeldoutClassifier:
     set (``splits`` None: ``crab validate``'s number of splits)."""
 
     def __init__(self, reference: Path) -> None:
-        from crab.tod_io import read_tod
-        from crab.validation import ValidationConfig, analyse
+        from crab.io.tod import read_tod
+        from crab.validation.validate import ValidationConfig, analyse
 
         self.cfg = ValidationConfig()
         ref = read_tod(reference)
@@ -102,7 +102,7 @@ class HeldoutClassifier:
         self.scale = float(np.median(self.ref.sigma))
 
     def _test(self, a, ma: np.ndarray, b, mb: np.ndarray, key: tuple[int, ...], splits: int | None):
-        from crab import metrics as M
+        from crab.validation import metrics as M
 
         kw = self.cfg.classifier_kwargs()
         kw["repeats"] = splits or kw["repeats"]
@@ -110,15 +110,15 @@ class HeldoutClassifier:
 
     def floor(self, splits: int | None = None):
         """The test between the reference's two halves (``crab validate``'s floor)."""
-        from crab.validation import floor_halves
+        from crab.validation.validate import floor_halves
 
         half = floor_halves(self.ref.n_blocks)[self.ref.win_block]
         return self._test(self.ref, half, self.ref, ~half, (2, 0), splits)
 
     def auc(self, path: Path, splits: int | None = None) -> float:
         """Classifier AUC of the TOD file ``path`` against the reference."""
-        from crab.tod_io import read_tod
-        from crab.validation import analyse
+        from crab.io.tod import read_tod
+        from crab.validation.validate import analyse
 
         s = read_tod(path)
         sa = analyse(s.tod, s.meta.sampling_rate_hz, s.meta.detectors, self.cfg, scale_sigma=self.scale, name=path.stem)

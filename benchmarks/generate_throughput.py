@@ -17,11 +17,11 @@ One run prints each figure and the ratios (issue 4):
    so that the figure is the run's own);
 3. the raw float32 write throughput of the disk under ``--workdir`` (plain
    ``write`` + ``fsync``) and the throughput of writing the same amount
-   through the HDF5 writer (``crab.tod_io.TodWriter``, the layout of
+   through the HDF5 writer (``crab.io.tod.TodWriter``, the layout of
    ``crab generate``, + ``fsync``), and the end-to-end GAN-to-HDF5 rate.
 
 Without ``--model`` the GAN is the default streaming architecture
-(``crab.model.ModelConfig()``) with random weights: generation costs the same
+(``crab.models.gan.network.ModelConfig()``) with random weights: generation costs the same
 per sample as a trained model of that architecture.  Timings on a machine
 shared with other jobs are inflated and noisy: compare the ratios, which are
 measured in the same process a few seconds apart (the load average is
@@ -53,10 +53,10 @@ def _load() -> str:
 def _random_default_model(path: Path, rate: float):
     import torch
 
-    from crab.model import Generator, ModelConfig
-    from crab.modelstore import load_model, save_model
-    from crab.noise import NoiseParams
-    from crab.transform import AmplitudeTransform
+    from crab.models.gan.network import Generator, ModelConfig
+    from crab.models.gan.store import load_model, save_model
+    from crab.physics.noise import NoiseParams
+    from crab.models.gan.transform import AmplitudeTransform
 
     torch.manual_seed(0)
     g = Generator(ModelConfig()).eval()
@@ -112,7 +112,7 @@ _LONG_RUN = textwrap.dedent(
 
 def _disk(workdir: Path, n_bytes: int) -> dict:
     """Raw float32 write throughput (write + fsync) and the same through the HDF5 TOD writer."""
-    from crab.tod_io import TodMetadata, TodWriter
+    from crab.io.tod import TodMetadata, TodWriter
 
     buf = np.random.default_rng(0).standard_normal(1 << 22).astype(np.float32)  # 16 MiB
     n_chunks = max(1, n_bytes // buf.nbytes)
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     from crab.generation import TodGenerator, generate_to_file, load_generation_model, stream_checksum
-    from crab.template import fit_template_file, save_template
+    from crab.models.template.template import fit_template_file, save_template
 
     workers = args.workers or None
     tmp = Path(tempfile.mkdtemp(prefix="crab-bench-", dir=args.workdir))

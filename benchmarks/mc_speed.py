@@ -5,7 +5,7 @@ Usage::
     python benchmarks/mc_speed.py                       # 1800 s, 1 and 4 detectors
     python benchmarks/mc_speed.py --duration 600 --detectors 1 4 16 --repeat 3
 
-For each wafer size it runs :func:`crab.montecarlo.simulate` (in memory, the
+For each wafer size it runs :func:`crab.physics.montecarlo.simulate` (in memory, the
 default configuration: 19 Hz, internal rate ~20 kHz, noise on) and prints the
 best of ``--repeat`` runs, with the process CPU time next to the wall time
 (on a shared machine the wall time is noisy; CPU time shows the work done).
@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from crab.montecarlo import MonteCarloConfig, simulate
+from crab.physics.montecarlo import MonteCarloConfig, simulate
 
 
 def robust_sigma(x: np.ndarray) -> float:

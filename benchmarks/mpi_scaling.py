@@ -7,7 +7,7 @@ Usage (needs the ``crab-tod[mpi]`` extra: mpi4py + the mpich wheel)::
     python benchmarks/mpi_scaling.py --detectors 16 --duration 1d --ranks 1 2 4 --json out.json
 
 Each run is ``mpiexec -n N python benchmarks/mpi_scaling.py --worker ...``,
-which calls :func:`crab.mpi.generate_distributed` (the MPI branch of
+which calls :func:`crab.generation.mpi.generate_distributed` (the MPI branch of
 ``crab generate``) with one generator thread per rank, so N ranks use N
 cores.  Without ``--model`` the generator is the default streaming GAN
 architecture with random weights: the same code and cost per sample as a
@@ -39,10 +39,10 @@ def _model_dir(tmp: Path) -> Path:
     """The default streaming GAN with random weights, saved as a model directory."""
     import torch
 
-    from crab.model import Generator, ModelConfig
-    from crab.modelstore import save_model
-    from crab.noise import NoiseParams
-    from crab.transform import AmplitudeTransform
+    from crab.models.gan.network import Generator, ModelConfig
+    from crab.models.gan.store import save_model
+    from crab.physics.noise import NoiseParams
+    from crab.models.gan.transform import AmplitudeTransform
 
     torch.manual_seed(0)
     g = Generator(ModelConfig())
@@ -54,7 +54,9 @@ def _model_dir(tmp: Path) -> Path:
 
 
 def worker(args: argparse.Namespace) -> None:
-    from crab import mpi, rng, tod_io
+    from crab.generation import mpi
+    from crab.core import rng
+    from crab.io import tod as tod_io
     from crab.generation import TodGenerator, load_generation_model, samples_for
 
     comm = mpi.world()
@@ -71,7 +73,7 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    from crab.units import parse_duration_s
+    from crab.core.units import parse_duration_s
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=None, help="model directory or template .json (default: random-weight streaming GAN)")

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("train_options", nargs="*", help="more crab train options (after --)")
     args = ap.parse_args(argv)
 
-    from crab.modelstore import load_model
+    from crab.models.gan.store import load_model
 
     mc = ensure_mc(args.out)
     clf = HeldoutClassifier(mc["heldout"])

@@ -33,7 +33,7 @@ def make_synthetic_tod(
     Glitches: Poisson times (rate ``glitch_rate_hz`` per detector), heights
     ``amplitude_scale * (Pareto(slope - 1) + 1) * 5 * noise_rms``, decay ``tau_s``.
     """
-    from crab.noise import NoiseGenerator, NoiseParams
+    from crab.physics.noise import NoiseGenerator, NoiseParams
 
     g = np.random.default_rng(seed)
     asd = noise_rms / np.sqrt(sampling_rate_hz / 2.0)
@@ -64,7 +64,7 @@ def synthetic_tod():
 @pytest.fixture
 def synthetic_tod_file(tmp_path):
     """Factory writing a synthetic TOD to an HDF5 file in tmp_path; returns the path."""
-    from crab.tod_io import TodMetadata, default_detector_names, write_tod
+    from crab.io.tod import TodMetadata, default_detector_names, write_tod
 
     def _make(name: str = "synthetic.h5", **kw) -> "os.PathLike":
         tod, _ = make_synthetic_tod(**kw)

@@ -15,7 +15,7 @@ import torch
 from conftest import make_synthetic_tod
 from test_generation import make_model_dir
 
-from crab.generation import file_checksum
+from crab.io.tod import file_checksum
 
 CRAB = [sys.executable, "-c", "from crab.cli import main; main()"]
 
@@ -109,7 +109,7 @@ def test_killed_run_leaves_nothing_under_the_final_name(model_dir, tmp_path, sig
 
 
 def test_template_method_fit_save_and_reuse(crab, tmp_path):
-    from crab.tod_io import EventTable, TodMetadata, default_detector_names, write_tod
+    from crab.io.tod import EventTable, TodMetadata, default_detector_names, write_tod
 
     tod, truth = make_synthetic_tod(n_detectors=2, n_samples=19 * 1800, seed=2)
     n = len(truth["time_s"])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from crab.cli import main
-from crab.tod_io import read_tod
+from crab.io.tod import read_tod
 
 
 def run(argv, capsys):

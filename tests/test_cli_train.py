@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from crab.cli import main
-from crab.modelstore import load_model
+from crab.models.gan.store import load_model
 
 FAST = ["--window-samples", "64", "--batch-size", "16", "--windows-per-epoch", "32", "--d-pretrain-epochs", "0", "--threads", "1", "--quiet", "--event-channels", "0", "--latent-dim", "20"]
 
@@ -87,7 +87,7 @@ def test_architecture_and_learning_rate_decay_options(tmp_path, npz, capsys):
     """--spectral-norm normalises the discriminator's layers, --generator-channels sets the generator's widths,
     --causal-pulses holds the additive pulses' taps before the event at 0;
     --lr-decay-epochs/--lr-decay-final reach the training config."""
-    from crab.training import load_checkpoint
+    from crab.models.gan.training import load_checkpoint
 
     out = tmp_path / "model"
     _ok(capsys, "train", "--data", npz(), "--out", out, "--epochs", 2, *FAST[:-4], "--spectral-norm", "--lr-decay-epochs", 1, "--lr-decay-final", 0.5, "--generator-channels", "16,16,8,8,4",

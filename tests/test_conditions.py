@@ -9,16 +9,17 @@ import h5py
 import numpy as np
 import pytest
 
-from crab.conditions import ConditionSchedule, check_in_range, cond_name
-from crab.dataset import TodSource, load_tod_source, prepare_training_data
-from crab.errors import FileFormatError, InputError
-from crab.generation import GanSource, TodGenerator, generate_to_file
-from crab.glitches import detect_glitches
-from crab.model import ModelConfig
-from crab.modelstore import load_model
-from crab.tod_io import TodMetadata, default_detector_names, write_tod
-from crab.training import TrainConfig, train
-from crab.validation import wafer_pair_correlation
+from crab.physics.conditions import ConditionSchedule, check_in_range, cond_name
+from crab.models.dataset import TodSource, load_tod_source, prepare_training_data
+from crab.core.errors import FileFormatError, InputError
+from crab.models.gan.source import GanSource
+from crab.generation import TodGenerator, generate_to_file
+from crab.analysis.glitches import detect_glitches
+from crab.models.gan.network import ModelConfig
+from crab.models.gan.store import load_model
+from crab.io.tod import TodMetadata, default_detector_names, write_tod
+from crab.models.gan.training import TrainConfig, train
+from crab.validation.validate import wafer_pair_correlation
 
 from conftest import make_synthetic_tod
 from test_generation import make_model_dir
@@ -293,7 +294,7 @@ def test_cli_train_condition_and_validate_phi(tmp_path, phi_model, capsys):
 
 
 def test_litebird_layer_passes_conditions(cond_model):
-    from crab.litebird import CosmicRayParams, add_cosmic_rays
+    from crab.integrations.litebird import CosmicRayParams, add_cosmic_rays
 
     names = ["L00_000_QA_140_T", "L00_000_QB_140_T"]
 

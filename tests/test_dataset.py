@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from crab.dataset import DEFAULT_WINDOW_SAMPLES, TodSource, WindowDataset, WindowSampler, fixed_windows, load_tod_source, load_tod_sources, prepare_training_data, split_bounds
-from crab.errors import CrabError, FileFormatError, InputError
+from crab.models.dataset import DEFAULT_WINDOW_SAMPLES, TodSource, WindowDataset, WindowSampler, fixed_windows, load_tod_source, load_tod_sources, prepare_training_data, split_bounds
+from crab.core.errors import CrabError, FileFormatError, InputError
 
 
 def _npz(tmp_path, name, tod, rate=19.0):

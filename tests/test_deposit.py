@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from crab.deposit import (
+from crab.physics.deposit import (
     WaferConfig,
     deposit_hits,
     energy_loss_mev,
@@ -14,8 +14,8 @@ from crab.deposit import (
     path_length_um,
     sample_positions,
 )
-from crab.errors import InputError
-from crab.spectra import Primaries
+from crab.core.errors import InputError
+from crab.physics.spectra import Primaries
 
 MIP_SI_EV_PER_UM = 388.0
 MIP_ENERGY_MEV = 2500.0  # proton near minimum ionisation
@@ -112,7 +112,7 @@ def test_deposit_hits_marks_kinds_and_drops_stopped():
     c = w.detector_centres_mm(4)
     x = np.array([c[0, 0], 14.0, 14.0, c[3, 0], -14.0, 14.0])
     y = np.array([c[0, 1], 14.0, 14.0, c[3, 1], -14.0, 14.0])
-    from crab.deposit import HitGeometry
+    from crab.physics.deposit import HitGeometry
 
     geo = HitGeometry(x_mm=x, y_mm=y, detector=locate_hits(w, 4, x, y))
     ev, sp = deposit_hits(prim, geo, w, None)

@@ -1,4 +1,4 @@
-"""litebird_sim-readable files (crab.export, ``crab export``).
+"""litebird_sim-readable files (crab.io.litebird_layout, ``crab export``).
 
 The layout checks run everywhere; the round trips through
 ``litebird_sim.read_list_of_observations`` need the ``crab-tod[litebird]``
@@ -16,8 +16,9 @@ import h5py
 import numpy as np
 import pytest
 
-from crab import export, tod_io
-from crab.errors import InputError
+from crab.io import litebird_layout as export
+from crab.io import tod as tod_io
+from crab.core.errors import InputError
 
 FS = 19.0
 NAMES = ["W00_D000", "W00_D001", "W00_D002"]
@@ -125,8 +126,8 @@ def test_litebird_reads_exported_file(lbs, crab_file, tmp_path):
 
 def test_litebird_round_trip_of_simulated_observation(lbs, tmp_path):
     """A litebird_sim observation -> CRAB glitches -> CRAB file -> litebird_sim reader: the same TOD."""
-    from crab import litebird as cl
-    from crab.noise import NoiseGenerator, NoiseParams
+    from crab.integrations import litebird as cl
+    from crab.physics.noise import NoiseGenerator, NoiseParams
 
     imo = lbs.Imo(flatfile_location=lbs.PTEP_IMO_LOCATION)
     sim = lbs.Simulation(imo=imo, base_path=str(tmp_path / "sim"), start_time=0.0, duration_s=120.0, random_seed=3)

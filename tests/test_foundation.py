@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from crab import rng
-from crab.errors import InputError, ModelCompatibilityError
-from crab.units import format_duration, parse_duration_s
+from crab.core import rng
+from crab.core.errors import InputError, ModelCompatibilityError
+from crab.core.units import format_duration, parse_duration_s
 
 
 def test_streams_are_keyed_not_ordered():
@@ -45,9 +45,9 @@ def test_format_duration():
 def test_model_store_round_trip_and_checks(tmp_path):
     import torch
 
-    from crab.model import Generator, ModelConfig
-    from crab.modelstore import load_model, save_model
-    from crab.transform import AmplitudeTransform
+    from crab.models.gan.network import Generator, ModelConfig
+    from crab.models.gan.store import load_model, save_model
+    from crab.models.gan.transform import AmplitudeTransform
 
     torch.manual_seed(0)
     g = Generator(ModelConfig(window_samples=64))

@@ -12,22 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from crab.errors import InputError, ModelCompatibilityError
-from crab.generation import (
-    GanSource,
-    TodGenerator,
-    file_checksum,
-    generate_to_file,
-    latent_sequence,
-    load_generation_model,
-    stream_checksum,
-    stream_key,
-    tod_checksum,
-)
-from crab.model import Generator, ModelConfig
-from crab.modelstore import load_model, save_model
-from crab.noise import NoiseParams
-from crab.transform import AmplitudeTransform
+from crab.core.errors import InputError, ModelCompatibilityError
+from crab.models.gan.source import GanSource
+from crab.generation import TodGenerator, generate_to_file, load_generation_model, stream_checksum
+from crab.io.tod import file_checksum, tod_checksum
+from crab.models.gan.latent import latent_sequence, stream_key
+from crab.models.gan.network import Generator, ModelConfig
+from crab.models.gan.store import load_model, save_model
+from crab.physics.noise import NoiseParams
+from crab.models.gan.transform import AmplitudeTransform
 
 TINY = dict(window_samples=64, latent_dim=24, noise_dim=16, event_channels=0, event_subsample=False, event_kernel=0, generator_channels=(8, 8, 8, 8, 8), transform_out_scale=1.5)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from crab.errors import InputError
-from crab.glitches import (
+from crab.core.errors import InputError
+from crab.analysis.glitches import (
     GlitchDetectorConfig,
     accidental_coincidence_rate_hz,
     baseline_subtract,

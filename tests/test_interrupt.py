@@ -7,9 +7,9 @@ import signal
 
 import pytest
 
-from crab import interrupt
+from crab.core import interrupt
 from crab.generation import TodGenerator, load_generation_model
-from crab.montecarlo import MonteCarloConfig, MonteCarloSimulator
+from crab.physics.montecarlo import MonteCarloConfig, MonteCarloSimulator
 
 from test_generation import make_model_dir
 

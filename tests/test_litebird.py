@@ -1,4 +1,4 @@
-"""The litebird_sim bridge (crab.litebird).
+"""The litebird_sim bridge (crab.integrations.litebird).
 
 The numpy layer is tested everywhere; the ``Observation`` / ``Simulation``
 layers need the ``crab-tod[litebird]`` extra (skipped without it; CI installs
@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crab import litebird as cl
-from crab import rng
-from crab.errors import InputError
+from crab.integrations import litebird as cl
+from crab.core import rng
+from crab.core.errors import InputError
 
 FS = 19.0
 SEED = 11
@@ -39,7 +39,7 @@ def make_model():
 
 
 def _model_factory(seed, sampling_rate_hz):
-    from crab.noise import NoiseGenerator, NoiseParams
+    from crab.physics.noise import NoiseGenerator, NoiseParams
 
     return NoiseGenerator(NoiseParams(white_asd=0.05, f_knee_hz=0.05), sampling_rate_hz, seed=seed, stream="template_noise", block_samples=1024)
 
@@ -112,7 +112,7 @@ def test_kcmb_per_pw():
 
 def test_core_does_not_import_optional_extras():
     code = (
-        "import sys, crab, crab.litebird, crab.export, crab.mpi, crab.cli, crab.cli.export_cmd\n"
+        "import sys, crab, crab.integrations.litebird, crab.io.litebird_layout, crab.generation.mpi, crab.cli, crab.cli.export_cmd\n"
         "bad = [m for m in ('litebird_sim', 'mpi4py', 'torch') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
@@ -140,10 +140,10 @@ def _simulation(lbs, tmp_path, n_obs=1, start_time=0.0, duration_s=3600.0):
 def gan_model_dir(tmp_path_factory):
     """A model directory of the real streaming GAN (random weights: same code path and cost as a trained one)."""
     torch = pytest.importorskip("torch")
-    from crab.model import Generator, ModelConfig
-    from crab.modelstore import save_model
-    from crab.noise import NoiseParams
-    from crab.transform import AmplitudeTransform
+    from crab.models.gan.network import Generator, ModelConfig
+    from crab.models.gan.store import save_model
+    from crab.physics.noise import NoiseParams
+    from crab.models.gan.transform import AmplitudeTransform
 
     torch.manual_seed(0)
     g = Generator(ModelConfig())
@@ -162,7 +162,7 @@ def test_apply_to_observations_adds_exactly_add_cosmic_rays(lbs, tmp_path, gan_m
     params = cl.CosmicRayParams(conversion_factor=cl.kcmb_per_pw(140.0, 42.0, 0.3), n_workers=1)
     cl.apply_cosmic_rays_to_observations(sim.observations, gan_model_dir, params=params, user_seed=SEED)
     from crab.generation import TodGenerator
-    from crab.modelstore import load_model
+    from crab.models.gan.store import load_model
 
     model = load_model(gan_model_dir)  # a loaded model works as well as its directory
     expected = cl.add_cosmic_rays(before.copy(), FS, float(obs.start_time), list(obs.name), model, SEED, params=params)
@@ -218,7 +218,7 @@ MPI_WORKER = textwrap.dedent(
     """
     import sys, numpy as np
     import litebird_sim as lbs
-    from crab import litebird as cl
+    from crab.integrations import litebird as cl
     sys.path.insert(0, {here!r})
     from test_litebird import make_model, NAMES, FS, SEED
     comm = lbs.MPI_COMM_WORLD

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from crab import metrics as M
-from crab.errors import InputError
+from crab.validation import metrics as M
+from crab.core.errors import InputError
 
 
 def test_poisson_rate_and_z():

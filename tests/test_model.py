@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from crab.model import Discriminator, Generator, ModelConfig, event_noise, peak_view
+from crab.models.gan.network import Discriminator, Generator, ModelConfig, event_noise, peak_view
 
 SMALL = dict(window_samples=64, latent_dim=20, noise_dim=16, event_channels=0, event_subsample=False, event_kernel=0, generator_channels=(8, 8, 8, 8, 8), discriminator_channels=(8, 8, 8, 8), discriminator_peak_view=False)
 
@@ -218,7 +218,7 @@ def test_model_config_round_trip():
 
 
 def test_soft_bound_is_a_smooth_clamp():
-    from crab.model import soft_bound
+    from crab.models.gan.network import soft_bound
 
     lo, hi, w = -3.0, 6.0, 0.5
     y = torch.linspace(-50, 50, 200001, dtype=torch.float64)

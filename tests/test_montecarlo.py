@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from crab.errors import InputError
-from crab.montecarlo import MonteCarloConfig, MonteCarloSimulator, simulate, simulate_hits, simulate_to_file
-from crab.response import J_PER_KEV
-from crab.tod_io import EventTable, read_tod
+from crab.core.errors import InputError
+from crab.physics.montecarlo import MonteCarloConfig, MonteCarloSimulator, simulate, simulate_hits, simulate_to_file
+from crab.physics.response import J_PER_KEV
+from crab.io.tod import EventTable, read_tod
 
 FS = 19.0
 

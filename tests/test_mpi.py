@@ -1,4 +1,4 @@
-"""MPI distribution (crab.mpi): work split, serial path, and real runs under ``mpiexec -n 2``.
+"""MPI distribution (crab.generation.mpi): work split, serial path, and real runs under ``mpiexec -n 2``.
 
 The ``mpiexec`` tests need the ``crab-tod[mpi]`` extra (mpi4py + the mpich
 wheel, which puts ``mpiexec`` beside the Python interpreter); they are skipped
@@ -20,9 +20,10 @@ import h5py
 import numpy as np
 import pytest
 
-from crab import mpi, tod_io
-from crab.errors import InputError
-from crab.noise import NoiseGenerator, NoiseParams
+from crab.generation import mpi
+from crab.io import tod as tod_io
+from crab.core.errors import InputError
+from crab.physics.noise import NoiseGenerator, NoiseParams
 
 FS = 19.0
 N_DET = 5
@@ -122,9 +123,10 @@ WORKER = textwrap.dedent(
     """
     import sys
     import numpy as np
-    from crab import mpi, tod_io
-    from crab.errors import CrabError
-    from crab.noise import NoiseGenerator, NoiseParams
+    from crab.generation import mpi
+    from crab.io import tod as tod_io
+    from crab.core.errors import CrabError
+    from crab.physics.noise import NoiseGenerator, NoiseParams
 
     out, mode = sys.argv[1], sys.argv[2]
     comm = mpi.world()
@@ -224,8 +226,8 @@ def test_mpiexec_failure_keeps_previous_output(tmp_path):
 
 # --------------------------------------------------------------------------- the real generator under mpiexec
 def write_template_model(path: Path) -> Path:
-    """A small template model (the TOAST-like baseline of crab.template), written as JSON."""
-    from crab.template import QUANTILE_P, GlitchPopulation, TemplateModel, save_template
+    """A small template model (the TOAST-like baseline of crab.models.template.template), written as JSON."""
+    from crab.models.template.template import QUANTILE_P, GlitchPopulation, TemplateModel, save_template
 
     q = len(QUANTILE_P)
     model = TemplateModel(
@@ -240,7 +242,9 @@ def write_template_model(path: Path) -> Path:
 GEN_WORKER = textwrap.dedent(
     """
     import sys
-    from crab import mpi, rng, tod_io
+    from crab.generation import mpi
+    from crab.core import rng
+    from crab.io import tod as tod_io
     from crab.generation import TodGenerator, load_generation_model
 
     model_path, out, consolidate = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
@@ -260,10 +264,10 @@ GEN_WORKER = textwrap.dedent(
 
 def test_mpiexec_generation_matches_single_process_generate_to_file(tmp_path):
     """mpiexec -n 2 with the real generator (template baseline), one detector split in time between the ranks,
-    equals crab.generation.generate_to_file in one process (bytes and checksum)."""
+    equals crab.generation.engine.generate_to_file in one process (bytes and checksum)."""
     gen_mod = pytest.importorskip("crab.generation")
     exe = _mpiexec()
-    from crab import rng
+    from crab.core import rng
 
     model = write_template_model(tmp_path / "template.json")
     script = tmp_path / "gen_worker.py"
@@ -285,17 +289,17 @@ def test_mpiexec_generation_matches_single_process_generate_to_file(tmp_path):
         assert a["tod"][()].tobytes() == b["tod"][()].tobytes()
         assert a["tod"].attrs["checksum_sha256"] == b["tod"].attrs["checksum_sha256"] == stats.checksum
     assert f"CHECKSUM {stats.checksum} 2" in r.stdout
-    assert gen_mod.file_checksum(out) == stats.checksum
+    assert tod_io.file_checksum(out) == stats.checksum
 
 
 def test_mpiexec_crab_generate_cli_matches_single_process(tmp_path):
-    """``mpiexec -n 2 crab generate`` == ``crab generate``: needs the MPI hook in crab.generation.generate_to_file."""
+    """``mpiexec -n 2 crab generate`` == ``crab generate``: needs the MPI hook in crab.generation.engine.generate_to_file."""
     import inspect
 
     gen_mod = pytest.importorskip("crab.generation")
     exe = _mpiexec()
     if "generate_distributed" not in inspect.getsource(gen_mod.generate_to_file):
-        msg = "crab.generation.generate_to_file has no MPI hook yet (mpi.generate_distributed, see docs/scaling.md)"
+        msg = "crab.generation.engine.generate_to_file has no MPI hook yet (mpi.generate_distributed, see docs/scaling.md)"
         pytest.fail(msg) if os.environ.get("CRAB_REQUIRE_EXTRAS", "") not in ("", "0") else pytest.skip(msg)
     crab_exe = Path(sys.executable).parent / "crab"
     model = write_template_model(tmp_path / "template.json")

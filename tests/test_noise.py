@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from crab.noise import NoiseGenerator, NoiseParams, fit_noise_params, highpass, highpass_power, lowpass_power, welch_psd
+from crab.physics.noise import NoiseGenerator, NoiseParams, fit_noise_params, highpass, highpass_power, lowpass_power, welch_psd
 
 
 def _band_ratio(x, y, fs, lo, nperseg=1 << 14):
@@ -127,7 +127,7 @@ def test_noise_fit_clips_glitches():
 
 
 def test_slow_noise_complement_removes_the_generators_own_low_frequency_power():
-    from crab.noise import measured_psd, slow_noise_complement
+    from crab.physics.noise import measured_psd, slow_noise_complement
 
     fs, cut = 19.0, 0.074
     rng = np.random.default_rng(0)

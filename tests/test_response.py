@@ -12,8 +12,8 @@ import pytest
 import scipy.linalg
 import scipy.signal
 
-from crab.errors import InputError
-from crab.response import (
+from crab.core.errors import InputError
+from crab.physics.response import (
     J_PER_KEV,
     Decimator,
     TESModel,
@@ -241,7 +241,7 @@ def test_bad_tes_parameters():
 
 
 def test_linearised_tail_matches_full_nonlinear_integration(tes, monkeypatch):
-    import crab.response as response
+    import crab.physics.response as response
 
     times = [np.array([0.3 * DT]), np.array([0.7 * DT, 0.7 * DT + 0.02])]
     energies = [np.array([2.0]) * J_PER_KEV, np.array([60.0, 5.0]) * J_PER_KEV]

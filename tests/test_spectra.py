@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from crab.errors import InputError
-from crab.spectra import (
+from crab.core.errors import InputError
+from crab.physics.spectra import (
     DEFAULT_SPECIES,
     PrimarySampler,
     SpectraConfig,

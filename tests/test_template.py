@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from conftest import make_synthetic_tod
 
-from crab.errors import FileFormatError, ModelCompatibilityError
+from crab.core.errors import FileFormatError, ModelCompatibilityError
 from crab.generation import TodGenerator
-from crab.template import (
+from crab.models.template.template import (
     TemplateSource,
     fit_template,
     fit_template_file,
@@ -20,7 +20,7 @@ from crab.template import (
     render_response,
     save_template,
 )
-from crab.tod_io import EventTable, TodMetadata, default_detector_names, write_tod
+from crab.io.tod import EventTable, TodMetadata, default_detector_names, write_tod
 
 FS = 19.0
 

@@ -6,8 +6,8 @@ import h5py
 import numpy as np
 import pytest
 
-from crab.errors import FileFormatError, InputError
-from crab.tod_io import (
+from crab.core.errors import FileFormatError, InputError
+from crab.io.tod import (
     EVENT_KIND_DIRECT,
     EVENT_KIND_WAFER,
     EventTable,

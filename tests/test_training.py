@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from crab.dataset import TodSource
-from crab.errors import InputError, ModelCompatibilityError
-from crab.history import COLUMNS, History
-from crab.model import Generator, ModelConfig
-from crab.modelstore import load_model
-from crab.quality import quality_floor, sample_quality
-from crab.training import TrainConfig, calibrate_batchnorm, d_losses, gradient_penalty, load_checkpoint, train
+from crab.models.dataset import TodSource
+from crab.core.errors import InputError, ModelCompatibilityError
+from crab.models.gan.history import COLUMNS, History
+from crab.models.gan.network import Generator, ModelConfig
+from crab.models.gan.store import load_model
+from crab.models.gan.quality import quality_floor, sample_quality
+from crab.models.gan.training import TrainConfig, calibrate_batchnorm, d_losses, gradient_penalty, load_checkpoint, train
 
 SMALL_MODEL = ModelConfig(latent_dim=20, noise_dim=16, event_channels=0, event_subsample=False, event_kernel=0, generator_channels=(8, 8, 8, 8, 8), discriminator_channels=(8, 8, 8, 8))
 # the paper's recipe (BCE, SGD for D, Adam for G) on a tiny problem; tests change one option at a time
@@ -38,7 +38,7 @@ def _train(source, out, **kw):
 
 
 def _init_generator_state():
-    import crab.training as t
+    import crab.models.gan.training as t
 
     torch.manual_seed(t._seed_from(1, 1))
     return Generator(SMALL_MODEL.__class__(**{**SMALL_MODEL.to_dict(), "window_samples": 64})).state_dict()
@@ -141,7 +141,7 @@ def test_bad_inputs_leave_no_model_dir(source, tmp_path):
 
 
 def test_failure_during_first_epoch_removes_model_dir(source, tmp_path, monkeypatch):
-    import crab.training as t
+    import crab.models.gan.training as t
 
     def boom(*a, **k):
         raise RuntimeError("boom")
@@ -309,10 +309,10 @@ def test_drift_penalty_option(source, tmp_path):
 
 
 def test_output_bound_is_the_training_range_plus_margin(source, tmp_path):
-    from crab.dataset import prepare_training_data
+    from crab.models.dataset import prepare_training_data
 
     r = _train(source, tmp_path / "b", output_bound_margin=0.3)
-    from crab.transform import AmplitudeTransform
+    from crab.models.gan.transform import AmplitudeTransform
 
     data = prepare_training_data([source], window_samples=64, transform=AmplitudeTransform.from_dict(load_checkpoint(tmp_path / "b")["transform"]),
                                  highpass_clip_sigma=TrainConfig().highpass_clip_sigma)
@@ -331,7 +331,7 @@ def test_output_bound_is_the_training_range_plus_margin(source, tmp_path):
 
 
 def test_feature_matching_option(source, tmp_path):
-    from crab.training import feature_matching_loss
+    from crab.models.gan.training import feature_matching_loss
 
     real = torch.randn(16, 1, 64)
     assert float(feature_matching_loss(real[torch.randperm(16)], real)) == pytest.approx(0.0, abs=1e-12)  # order of windows irrelevant
@@ -351,8 +351,8 @@ def test_feature_matching_option(source, tmp_path):
 
 
 def test_slow_noise_calibration_option(source, tmp_path):
-    from crab.dataset import prepare_training_data
-    from crab.training import calibrated_noise_params
+    from crab.models.dataset import prepare_training_data
+    from crab.models.gan.training import calibrated_noise_params
 
     _train(source, tmp_path / "cal", loss="wgan-gp")
     _train(source, tmp_path / "raw", loss="wgan-gp", slow_noise_calibration=False)
@@ -392,7 +392,7 @@ def test_slow_noise_calibration_option(source, tmp_path):
 
 
 def test_glitch_preserving_highpass_option_and_old_checkpoints(source, tmp_path):
-    from crab.training import checkpoint_train_config
+    from crab.models.gan.training import checkpoint_train_config
 
     assert TrainConfig().highpass_clip_sigma == 5.0
     with pytest.raises(InputError):
@@ -412,7 +412,7 @@ def test_glitch_preserving_highpass_option_and_old_checkpoints(source, tmp_path)
 
 def test_snapshots_are_loadable_models_and_do_not_change_training(source, tmp_path):
     """snapshot_every: the generation model of every N-th adversarial epoch in snapshots/epoch_NNNN, same training."""
-    from crab.modelstore import load_model
+    from crab.models.gan.store import load_model
 
     plain = _weights(source, tmp_path, "plain", epochs=4, d_pretrain_epochs=1)
     snap = _weights(source, tmp_path, "snap", epochs=4, d_pretrain_epochs=1, snapshot_every=2)

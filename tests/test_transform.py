@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from crab.dataset import TodSource, prepare_training_data
-from crab.errors import InputError
-from crab.noise import highpass
-from crab.transform import AmplitudeTransform
+from crab.models.dataset import TodSource, prepare_training_data
+from crab.core.errors import InputError
+from crab.physics.noise import highpass
+from crab.models.gan.transform import AmplitudeTransform
 
 
 def _tod(synthetic_tod, **kw):

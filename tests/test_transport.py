@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from crab.errors import InputError
-from crab.transport import (
+from crab.core.errors import InputError
+from crab.physics.transport import (
     SILICON,
     ShieldConfig,
     range_table,

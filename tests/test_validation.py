@@ -16,9 +16,9 @@ import json
 import numpy as np
 import pytest
 
-from crab.errors import FileFormatError, InputError
-from crab.tod_io import TodMetadata, default_detector_names, write_tod
-from crab.validation import ValidationConfig, check_compatible, seam_period, tod_from_array, validate
+from crab.core.errors import FileFormatError, InputError
+from crab.io.tod import TodMetadata, default_detector_names, write_tod
+from crab.validation.validate import ValidationConfig, check_compatible, seam_period, tod_from_array, validate
 
 FS = 19.0
 N = int(FS * 1800)

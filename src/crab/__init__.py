@@ -7,13 +7,13 @@ small Monte Carlo sample to mission-length TOD.
 The modules follow the data's path:
 
 physics Monte Carlo
-    :mod:`crab.spectra` -> :mod:`crab.transport` -> :mod:`crab.deposit`
-    -> :mod:`crab.response` (+ :mod:`crab.noise`) -> :mod:`crab.montecarlo`
-    -> :mod:`crab.tod_io`
+    :mod:`crab.physics.spectra` -> :mod:`crab.physics.transport` -> :mod:`crab.physics.deposit`
+    -> :mod:`crab.physics.response` (+ :mod:`crab.physics.noise`) -> :mod:`crab.physics.montecarlo`
+    -> :mod:`crab.io.tod`
 generative model
-    :mod:`crab.dataset` -> :mod:`crab.model` -> :mod:`crab.training`
-    -> :mod:`crab.generation` (and the :mod:`crab.template` baseline)
-    -> :mod:`crab.validation`
+    :mod:`crab.models.dataset` -> :mod:`crab.models.gan.network` -> :mod:`crab.models.gan.training`
+    -> :mod:`crab.generation.engine` (and the :mod:`crab.models.template.template` baseline)
+    -> :mod:`crab.validation.validate`
 """
 
 from importlib.metadata import PackageNotFoundError, version as _version
@@ -23,6 +23,6 @@ try:
 except PackageNotFoundError:  # running from a source tree without install
     __version__ = "0.0.0+unknown"
 
-from .errors import CrabError
+from crab.core.errors import CrabError
 
 __all__ = ["__version__", "CrabError"]

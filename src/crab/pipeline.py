@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import __version__
-from .errors import InputError
-from .provenance import run_record, to_jsonable, write_json
+from crab import __version__
+from crab.core.errors import InputError
+from crab.core.provenance import run_record, to_jsonable, write_json
 
 STAGES = ("mc_train", "mc_heldout", "train", "generate", "template", "validate")
 
@@ -51,9 +51,9 @@ class PipelineConfig:
     epochs : int or None
         Training epochs (None: the training default).
     train_overrides : dict
-        Other :class:`crab.training.TrainConfig` fields to override.
+        Other :class:`crab.models.gan.training.TrainConfig` fields to override.
     validation_overrides : dict
-        :class:`crab.validation.ValidationConfig` fields to override.
+        :class:`crab.validation.validate.ValidationConfig` fields to override.
     """
 
     seed: int = 1
@@ -176,11 +176,11 @@ def run_pipeline(
     log : callable
         Receives one line per stage as it starts and ends.
     """
-    from .generation import generate_to_file, load_generation_model
-    from .montecarlo import MonteCarloConfig, simulate_to_file
-    from .template import fit_template_file, save_template
-    from .training import TrainConfig, train
-    from .validation import ValidationConfig, validate
+    from crab.generation import generate_to_file, load_generation_model
+    from crab.physics.montecarlo import MonteCarloConfig, simulate_to_file
+    from crab.models.template.template import fit_template_file, save_template
+    from crab.models.gan.training import TrainConfig, train
+    from crab.validation.validate import ValidationConfig, validate
 
     cfg = cfg or PipelineConfig()
     run_dir = Path(run_dir)

@@ -13,8 +13,8 @@ import sys
 
 import click
 
-from .. import __version__
-from ..errors import CrabError
+from crab import __version__
+from crab.core.errors import CrabError
 
 #: sub-command name -> (module, attribute, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -61,7 +61,7 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``crab`` console script."""
-    from ..interrupt import stop_on_signals
+    from crab.core.interrupt import stop_on_signals
 
     try:
         with stop_on_signals():  # SIGTERM and ^C stop a run cleanly: temporary files are removed

@@ -1,4 +1,4 @@
-"""``crab export``: make a CRAB TOD file readable by litebird_sim (see :mod:`crab.export`)."""
+"""``crab export``: make a CRAB TOD file readable by litebird_sim (see :mod:`crab.io.litebird_layout`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .options import positive_float
+from crab.cli.options import positive_float
 
 
 def _finite_nonzero(ctx, param, value):
@@ -36,8 +36,8 @@ def export(input_file: Path, output_file: Path | None, in_place: bool, conversio
       crab export gen.h5 gen_kcmb.h5 --conversion-factor 9.3 --units K_CMB
       crab export big_mpi_run.h5 --in-place
     """
-    from ..errors import InputError
-    from ..export import export_tod, make_litebird_readable
+    from crab.core.errors import InputError
+    from crab.io.litebird_layout import export_tod, make_litebird_readable
 
     layout = {"bandcenter_ghz": bandcenter_ghz, "bandwidth_ghz": bandwidth_ghz}
     if in_place:

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import click
 
-from ..errors import InputError
-from .options import DURATION, DURATION_OR_ZERO, positive_int
+from crab.core.errors import InputError
+from crab.cli.options import DURATION, DURATION_OR_ZERO, positive_int
 
 
 def _conditions(phi_gv: float | None, schedule: Path | None, cond: tuple[str, ...]):
     """The ConditionSchedule asked on the command line (None when no condition was given)."""
-    from ..conditions import ConditionSchedule, cond_name
+    from crab.physics.conditions import ConditionSchedule, cond_name
 
     given = [n for n, v in (("--phi", phi_gv), ("--phi-schedule", schedule), ("--cond", cond or None)) if v is not None]
     if len(given) > 1:
@@ -50,7 +50,7 @@ def _conditions(phi_gv: float | None, schedule: Path | None, cond: tuple[str, ..
 @click.option("--chunk-samples", default=1 << 20, show_default=True, type=int, callback=positive_int, help="Samples per detector generated and written at a time.")
 @click.option("--sampling-rate", "sampling_rate_hz", type=float, help="Required sampling rate (Hz): an error if the model was made for another.")
 @click.option("--phi", "phi_gv", type=float, help="Solar modulation potential (GV) for a model conditioned on phi, constant over the run.")
-@click.option("--phi-schedule", type=click.Path(dir_okay=False, path_type=Path), help="CSV of (time, phi) for a mission history, linearly interpolated in time (see crab.conditions).")
+@click.option("--phi-schedule", type=click.Path(dir_okay=False, path_type=Path), help="CSV of (time, phi) for a mission history, linearly interpolated in time (see crab.physics.conditions).")
 @click.option("--allow-extrapolation", is_flag=True, help="Accept conditions outside the range the model was trained on.")
 @click.option("--cond", multiple=True, help="Condition of a conditioned model, NAME=VALUE (e.g. phi_gv=0.6); repeatable.")
 @click.option("--workers", type=int, callback=positive_int, help="Worker threads (default: CPUs available); does not change the output.")
@@ -71,7 +71,7 @@ def generate(
       crab generate --model phi_model --phi 0.7 --duration 1d --out gen.h5
       crab generate --model phi_model --phi-schedule mission_phi.csv --duration 3y --detectors 8 --out gen.h5
     """
-    from .. import generation as G
+    from crab import generation as G
 
     if method is None:
         method = "template" if fit_path is not None or (model_path is not None and G.is_template_path(model_path)) else "gan"
@@ -92,7 +92,7 @@ def generate(
             raise InputError(f"--out {out_path} is a folder; give a file name")
 
     if method == "template":
-        from ..template import fit_template_file, save_template as _save
+        from crab.models.template.template import fit_template_file, save_template as _save
 
         if fit_path is not None:
             model = fit_template_file(fit_path)
@@ -120,7 +120,7 @@ def generate(
     run_config = {"command": "crab generate", "fit": None if fit_path is None else str(fit_path)}
 
     if checksum_only or out == "-":  # under mpirun these sinks would repeat the whole job on every rank
-        from .. import mpi
+        from crab.generation import mpi
 
         mpi.require_serial("--checksum-only" if checksum_only else "--out -")
     if checksum_only:

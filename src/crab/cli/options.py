@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..errors import InputError
-from ..units import parse_duration_s
+from crab.core.errors import InputError
+from crab.core.units import parse_duration_s
 
 
 class Duration(click.ParamType):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from ..units import format_duration
-from .options import DURATION, positive_int
+from crab.core.units import format_duration
+from crab.cli.options import DURATION, positive_int
 
 
 @click.command("run")
@@ -28,7 +28,7 @@ def run(run_dir, seed, n_detectors, sampling_rate_hz, phi_gv, train_duration, he
     """Run the paper's pipeline: MC for training and a held-out MC, GAN training,
     1 h of generation, the template baseline, and validation of both against the
     held-out MC. Resumes an interrupted run in the same folder."""
-    from ..pipeline import PipelineConfig, run_pipeline
+    from crab.pipeline import PipelineConfig, run_pipeline
 
     overrides = {}
     for item in train_options:

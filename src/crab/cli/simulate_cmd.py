@@ -8,19 +8,19 @@ from pathlib import Path
 
 import click
 
-from ..errors import FileFormatError, InputError
-from .options import DURATION, DURATION_OR_ZERO, positive_float, positive_int
+from crab.core.errors import FileFormatError, InputError
+from crab.cli.options import DURATION, DURATION_OR_ZERO, positive_float, positive_int
 
 
 def _load_config(path: str | None):
     """A MonteCarloConfig from a JSON file or from the ``config`` of an existing TOD file."""
-    from ..montecarlo import MonteCarloConfig
+    from crab.physics.montecarlo import MonteCarloConfig
 
     if path is None:
         return MonteCarloConfig()
     p = Path(path)
     if p.suffix.lower() in (".h5", ".hdf5"):
-        from ..tod_io import read_metadata
+        from crab.io.tod import read_metadata
 
         meta, _ = read_metadata(p)
         if not meta.config:
@@ -61,7 +61,7 @@ def simulate(duration, detectors, sampling_rate, phi, seed, out, shield_g_cm2, i
     """
     import dataclasses
 
-    from ..montecarlo import MonteCarloSimulator, simulate_to_file
+    from crab.physics.montecarlo import MonteCarloSimulator, simulate_to_file
 
     cfg = _load_config(config_path)
     if detectors is not None:
@@ -87,7 +87,7 @@ def simulate(duration, detectors, sampling_rate, phi, seed, out, shield_g_cm2, i
     t0 = time.perf_counter()
     path = simulate_to_file(cfg, duration, seed, out_path, chunk_s=chunk, progress=not no_progress, overwrite=overwrite)
     wall = time.perf_counter() - t0
-    from ..tod_io import read_metadata, read_tod
+    from crab.io.tod import read_metadata, read_tod
 
     meta, n = read_metadata(path)
     ev = read_tod(path, n_samples=0, check_finite=False).events
@@ -106,7 +106,7 @@ def simulate(duration, detectors, sampling_rate, phi, seed, out, shield_g_cm2, i
 @click.option("--length", type=DURATION, default="60s", show_default=True, help="Length of the plotted stretch.")
 def inspect(file, plot_dir, start, length):
     """Summarise a TOD file: duration, detectors, rate, events by kind; optionally plot it."""
-    from ..mc_plots import format_summary, summarize_tod_file, write_inspection_plots
+    from crab.validation.inspect import format_summary, summarize_tod_file, write_inspection_plots
 
     summary = summarize_tod_file(file)
     if plot_dir is not None and start >= summary["duration_s"]:

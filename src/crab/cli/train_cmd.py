@@ -1,4 +1,4 @@
-"""``crab train``: train the GAN on Monte Carlo TOD (see :mod:`crab.training`)."""
+"""``crab train``: train the GAN on Monte Carlo TOD (see :mod:`crab.models.gan.training`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .options import nonnegative_float, positive_float, positive_int
+from crab.cli.options import nonnegative_float, positive_float, positive_int
 
 
 def _nonneg_int(ctx, param, value):
@@ -136,9 +136,9 @@ def train(data, out, resume, overwrite, quiet, recipe, **opts):
       crab train --data mc.h5 --out model_dir --epochs 200 --seed 1
       crab train --data mc_phi04.h5 --data mc_phi08.h5 --data mc_phi12.h5 --condition phi --joint-detectors --out phi_model
     """
-    from ..errors import InputError
-    from ..model import ModelConfig
-    from ..training import TrainConfig, checkpoint_train_config, train as run_training
+    from crab.core.errors import InputError
+    from crab.models.gan.network import ModelConfig
+    from crab.models.gan.training import TrainConfig, checkpoint_train_config, train as run_training
 
     if resume and overwrite:
         raise InputError("--resume and --overwrite exclude each other")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..errors import InputError
-from .options import positive_float, positive_int
+from crab.core.errors import InputError
+from crab.cli.options import positive_float, positive_int
 
 
 def _parse_synthetic(values: tuple[str, ...]) -> dict[str, str]:
@@ -67,9 +67,9 @@ def validate(reference, synthetic, training, out_dir, seed, window_samples, bloc
       crab validate --reference mc_heldout.h5 --synthetic gan=gen.h5 \\
           --synthetic template=template.h5 --training mc_train.h5 --out report/
     """
-    from ..glitches import GlitchDetectorConfig
-    from ..validation import ValidationConfig
-    from ..validation import validate as run_validation
+    from crab.analysis.glitches import GlitchDetectorConfig
+    from crab.validation.validate import ValidationConfig
+    from crab.validation.validate import validate as run_validation
 
     cfg = ValidationConfig(
         window_samples=window_samples,

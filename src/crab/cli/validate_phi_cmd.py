@@ -1,4 +1,4 @@
-"""``crab validate-phi``: a phi-conditioned model against Monte Carlo at several phi (see :mod:`crab.phi_validation`)."""
+"""``crab validate-phi``: a phi-conditioned model against Monte Carlo at several phi (see :mod:`crab.validation.phi`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .options import positive_float
+from crab.cli.options import positive_float
 
 
 @click.command("validate-phi")
@@ -25,8 +25,8 @@ def validate_phi(model_path, references, out_dir, seed, duration_factor, allow_e
     Example:
       crab validate-phi --model phi_model -r mc_phi0.6.h5 -r mc_phi1.0.h5 -o phi_report
     """
-    from ..generation import load_generation_model
-    from ..phi_validation import validate_phi as run
+    from crab.generation import load_generation_model
+    from crab.validation.phi import validate_phi as run
 
     model = load_generation_model(model_path, method="gan")
     points = run(model, list(references), out_dir, seed=seed, duration_factor=duration_factor, allow_extrapolation=allow_extrapolation, plots=not no_plots)

@@ -1,0 +1,271 @@
+"""The GAN as a tile source of the streaming engine."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+from crab.core import rng
+from crab.core.errors import InputError
+from crab.models.base import TileSource
+from crab.models.gan.inference import _FastStreamingNet, _Unsupported
+from crab.models.gan.latent import latent_sequence, stream_key
+from crab.physics.noise import NoiseGenerator
+
+#: Latent steps per tile of the streaming GAN (16384 samples with the default
+#: 16x upsampling).  Part of what defines the bytes: recorded in the run record.
+DEFAULT_TILE_LATENTS = 1024
+
+
+def _schedule_for(model, cond, allow_extrapolation: bool):
+    """The :class:`~crab.physics.conditions.ConditionSchedule` of a run (None for an unconditioned model)."""
+    from crab.physics.conditions import ConditionSchedule, check_in_range
+
+    names = list(model.cond_names or [])
+    n_cond = int(model.model_config.cond_dim)
+    if not n_cond:
+        if cond is not None and not (isinstance(cond, (list, tuple, np.ndarray)) and len(cond) == 0):
+            raise InputError("the model is not conditioned; do not give conditions (--phi, --phi-schedule, --cond)")
+        return None
+    if cond is None:
+        raise InputError(f"the model is conditioned on {names}: give their values (e.g. --phi VALUE or --phi-schedule FILE)")
+    if not isinstance(cond, ConditionSchedule):
+        if isinstance(cond, dict):
+            cond = ConditionSchedule.constant(cond)
+        else:
+            vals = np.asarray(cond, dtype=np.float64).reshape(-1)
+            if vals.size != n_cond:
+                raise InputError(f"the model needs {n_cond} condition value(s) {names}, got {vals.size}")
+            cond = ConditionSchedule.constant(dict(zip(names, vals)))
+    cond = cond.ordered(names)
+    check_in_range(cond, model.cond_range, allow_extrapolation=allow_extrapolation)
+    return cond
+
+
+class GanSource(TileSource):
+    """Tiles of a trained GAN (streaming or paper architecture), in TOD units.
+
+    Parameters
+    ----------
+    model : TrainedModel
+    seed : int
+    cond : ConditionSchedule, dict or sequence of float, optional
+        Conditions of a conditioned model: a schedule in time
+        (:class:`crab.physics.conditions.ConditionSchedule`), a ``{name: value}``
+        dict or values in the order of ``model.cond_names`` (constants).
+        Each tile is generated at the schedule's value at its middle sample.
+    allow_extrapolation : bool
+        Accept conditions outside the trained range (otherwise an error).
+    tile_latents : int
+        Latent steps per tile (streaming architecture).
+    backend : str
+        ``"auto"`` (the fast rewrite, checked against the module; the module
+        if the check fails), ``"fast"`` (error if not applicable) or ``"module"``.
+    """
+
+    kind = "gan"
+
+    def __init__(
+        self, model, seed: int, *, cond=None, allow_extrapolation: bool = False, tile_latents: int = DEFAULT_TILE_LATENTS, backend: str = "auto"
+    ) -> None:
+        self.model = model
+        self.seed = rng.check_seed(seed)
+        self.gen = model.generator.eval()
+        cfg = model.model_config
+        self.z_dim = int(self.gen.latent_shape(1, 1)[1])  # latent channels per step of one key (a detector or a wafer)
+        self.cfg = cfg
+        self.sampling_rate_hz = float(model.sampling_rate_hz)
+        self.units = model.units
+        self.rows = int(cfg.out_channels)
+        self.schedule = _schedule_for(model, cond, allow_extrapolation)
+        tf = model.transform
+        self._tf = (float(tf.offset), float(tf.scale), float(tf.out_scale))
+        self.streaming = bool(getattr(self.gen, "streaming", cfg.generator_arch == "streaming"))
+        self._keys: dict[int, np.ndarray] = {}
+        self._keys_lock = threading.Lock()
+        self.noise: NoiseGenerator | None = None
+        self._noise_args = None
+        if model.noise_params is not None and model.highpass_hz:
+            self._noise_args = (model.noise_params, self.sampling_rate_hz, self.seed, "gan_noise", float(model.highpass_hz))
+        self.backend = "module"
+        if self.streaming:
+            self.f = int(cfg.upsample_factor)
+            self.margin = int(self.gen.margin_latents)
+            self.tile_latents = int(tile_latents)
+            if self.tile_latents < 1:
+                raise InputError(f"tile_latents must be >= 1, got {tile_latents}")
+            self.tile_samples = self.tile_latents * self.f
+            self._fast = None
+            if backend not in ("auto", "fast", "module"):
+                raise InputError(f"backend must be 'auto', 'fast' or 'module', got {backend!r}")
+            if backend != "module":
+                try:
+                    fast = _FastStreamingNet(self.gen)
+                    if fast.offset > self.f * self.margin or fast.right_loss > self.f * self.margin:
+                        raise _Unsupported("receptive field wider than margin_latents")
+                    self._check_fast(fast)
+                    self._fast = fast
+                    self.backend = "fast"
+                except _Unsupported as exc:
+                    if backend == "fast":
+                        raise InputError(f"fast inference is not available for this generator: {exc}") from None
+        else:
+            self.window = int(model.window_samples)
+            self.overlap = max(2, (self.window // 4) // 2 * 2)
+            self.hop = self.window - self.overlap
+            self.tile_samples = self.hop * max(1, int(round(16 * 1024 / self.hop)))
+            self.n_windows = self.tile_samples // self.hop + 2
+            s = (np.arange(self.overlap) + 0.5) / self.overlap
+            self._fade_out = np.cos(0.5 * np.pi * s).astype(np.float32)
+            self._fade_in = np.sin(0.5 * np.pi * s).astype(np.float32)
+
+    # ---------------------------------------------------------------- helpers
+    def _key(self, key: int) -> np.ndarray:
+        k = self._keys.get(key)
+        if k is None:
+            k = stream_key(self.seed, "gan_latent", key)
+            with self._keys_lock:
+                self._keys[key] = k
+        return k
+
+    def _run_fast(self, fast: _FastStreamingNet, z, c: np.ndarray | None, linear: bool = False) -> np.ndarray:
+        """The fast network on tile latents ``z`` (steps, z_dim): (rows, n_out); an exchangeable
+        wafer runs the one-detector network once per detector on (shared, own) latents."""
+        if not getattr(self.gen, "exchangeable", False):
+            return fast.run(z, c, linear)
+        return np.concatenate([fast.run(self.gen.assemble_latents(z.T, r).T.contiguous(), c, linear) for r in range(self.rows)], axis=0)
+
+    def _check_fast(self, fast: _FastStreamingNet) -> None:
+        """Compare the rewrite with the module on one random sequence (raises _Unsupported)."""
+        import torch
+
+        n = 48 + 2 * self.margin
+        z = latent_sequence(stream_key(0, "gan_latent", 0), 0, n, self.z_dim)
+        c = None if self.schedule is None else np.linspace(-1.0, 1.0, len(self.schedule.names))  # any values do
+        with torch.inference_mode():
+            ref = self.gen(torch.from_numpy(z.T.copy())[None], self._cond_tensor(c))[0]  # (channels, samples)
+            out = self._run_fast(fast, torch.from_numpy(z), c)
+        lo, hi = self.f * self.margin, self.f * (n - self.margin)
+        a = ref[:, lo:hi].numpy()
+        b = out[:, lo - fast.offset : hi - fast.offset]
+        if a.shape != b.shape or not np.all(np.isfinite(b)):
+            raise _Unsupported("shape mismatch in self-check")
+        scale = float(np.max(np.abs(a))) + 1e-30
+        if float(np.max(np.abs(a - b))) > 1e-4 * scale:
+            raise _Unsupported(f"self-check mismatch ({float(np.max(np.abs(a - b))) / scale:.2e} relative)")
+
+    def prepare(self, n_keys: int) -> None:
+        if self._noise_args is not None:
+            p, fs, seed, stream, lp = self._noise_args
+            self.noise = NoiseGenerator(p, fs, seed, stream, lowpass_hz=lp, cache_blocks=max(8, 4 * n_keys * self.rows))
+
+    def _inverse(self, y: np.ndarray, linear: bool = False) -> np.ndarray:
+        """Transformed -> TOD units, in place (float32; as AmplitudeTransform.inverse).  ``linear``:
+        ``y`` is already ``sinh(k y)`` (:meth:`_FastStreamingNet.run`), only scaled and shifted."""
+        off, sc, osc = self._tf
+        if not linear:
+            y *= np.float32(osc)
+            np.sinh(y, out=y)
+        y *= np.float32(sc)
+        y += np.float32(off)
+        return y
+
+    def _add_noise(self, out: np.ndarray, key: int, t: int) -> None:
+        if self._noise_args is None:
+            return
+        if self.noise is None:
+            self.prepare(1)
+        for r in range(self.rows):
+            out[r] += self.noise.generate(key * self.rows + r, t * self.tile_samples, self.tile_samples)
+
+    def tile_cond(self, t: int) -> np.ndarray | None:
+        """Normalised conditions of tile ``t`` (the schedule at its middle sample), or None."""
+        if self.schedule is None:
+            return None
+        from crab.models.gan.network import normalize_cond
+
+        mid_s = (t * self.tile_samples + 0.5 * (self.tile_samples - 1)) / self.sampling_rate_hz
+        return normalize_cond(self.schedule.values_at(mid_s, clamp=True), self.model.cond_range)
+
+    @staticmethod
+    def _cond_tensor(c: np.ndarray | None, batch: int = 1):
+        if c is None:
+            return None
+        import torch
+
+        return torch.from_numpy(np.asarray(c, dtype=np.float32).reshape(1, -1)).expand(batch, -1)
+
+    def check_span(self, start_sample: int, stop_sample: int) -> None:
+        """Raise if the schedule does not cover the times of samples ``[start_sample, stop_sample)``."""
+        if self.schedule is None or stop_sample <= start_sample:
+            return
+        self.schedule.check_span(start_sample / self.sampling_rate_hz, (stop_sample - 1) / self.sampling_rate_hz)
+
+    # ---------------------------------------------------------------- tiles
+    def tile(self, key: int, t: int) -> np.ndarray:
+        import torch
+
+        c = self.tile_cond(t)
+        if self.streaming:
+            n = self.tile_latents + 2 * self.margin
+            z = torch.from_numpy(latent_sequence(self._key(key), t * self.tile_latents - self.margin, n, self.z_dim))
+            lo = self.f * self.margin
+            with torch.inference_mode():
+                linear = self._fast is not None and self._fast.additive is not None
+                if self._fast is not None:
+                    a = lo - self._fast.offset
+                    y = self._run_fast(self._fast, z, c, linear)[:, a : a + self.tile_samples]
+                else:
+                    y = self.gen(z.T.contiguous()[None], self._cond_tensor(c))[0, :, lo : lo + self.tile_samples].numpy()
+            # additive glitches: sinh(k y) + pulses already (linear), x = x0 + s * that (no asinh and sinh again)
+            out = self._inverse(np.ascontiguousarray(y, dtype=np.float32), linear)
+        else:
+            out = self._paper_tile(key, t, c)
+        self._add_noise(out, key, t)
+        return out
+
+    def _paper_tile(self, key: int, t: int, c: np.ndarray | None) -> np.ndarray:
+        """Overlapping independent windows joined by an equal-power cross-fade (approximate joins)."""
+        import torch
+
+        H, O, W = self.hop, self.overlap, self.window
+        w0 = (t * self.tile_samples) // H - 1  # window w covers samples [w*H, w*H + W)
+        zs = latent_sequence(self._key(key), w0, self.n_windows, self.z_dim)
+        with torch.inference_mode():
+            y = self.gen(torch.from_numpy(zs), self._cond_tensor(c, self.n_windows)).numpy()  # (n_windows, rows, W)
+        y = self._inverse(np.array(y, dtype=np.float32)) - np.float32(self._tf[0])
+        out = np.empty((self.rows, self.tile_samples), np.float32)
+        s0 = t * self.tile_samples
+        for i in range(self.n_windows):
+            w = w0 + i
+            a, b = max(w * H, s0), min(w * H + H, s0 + self.tile_samples)  # body: [wH + O, wH + H) plus fade [wH, wH + O)
+            if a >= b:
+                continue
+            seg = y[i, :, a - w * H : b - w * H].copy()
+            # fade-in region of window w: first O samples, mixed with the tail of window w - 1
+            f_hi = min(b, w * H + O)
+            if a < f_hi:
+                j0, j1 = a - w * H, f_hi - w * H
+                prev = y[i - 1, :, j0 + H : j1 + H] if i > 0 else 0.0
+                seg[:, : j1 - j0] = self._fade_in[j0:j1] * y[i, :, j0:j1] + self._fade_out[j0:j1] * prev
+            out[:, a - s0 : b - s0] = seg
+        out += np.float32(self._tf[0])
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        d = {
+            "method": "gan",
+            "generator_arch": "streaming" if self.streaming else "paper",
+            "tile_samples": self.tile_samples,
+            "backend": self.backend,
+            "latents": "Philox(key of rng.generator(seed, 'gan_latent', detector), counter = latent step) + Box-Muller float32",
+            "lf_noise": None if self._noise_args is None else {"stream": "gan_noise", "lowpass_hz": self._noise_args[4]},
+            "cond": None if self.schedule is None else self.schedule.to_dict(),
+        }
+        if self.streaming:
+            d.update(tile_latents=self.tile_latents, margin_latents=self.margin)
+        else:
+            d.update(window_samples=self.window, overlap_samples=self.overlap, crossfade="equal-power sin/cos (approximate joins)")
+        return d

@@ -1,0 +1,197 @@
+"""Saving and loading trained models for generation (``model.pt`` in a model directory).
+
+See ``docs/design.md``: ``model.pt`` is a plain dict saved with
+:func:`torch.save` and loaded with ``weights_only=True`` (no pickled code).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from crab import __version__
+from crab.core.errors import ModelCompatibilityError
+from crab.models.gan.network import Generator, ModelConfig
+from crab.physics.noise import NoiseParams
+from crab.core.provenance import atomic_write_bytes
+from crab.models.gan.transform import AmplitudeTransform
+
+MODEL_FORMAT = "crab-model"
+#: Bumped when model.pt changes incompatibly; loading another version is an error.
+MODEL_FORMAT_VERSION = 1
+MODEL_FILE = "model.pt"
+
+
+@dataclass
+class TrainedModel:
+    """A generator ready for inference, with everything needed to use it.
+
+    Attributes
+    ----------
+    generator : Generator
+        In eval mode (batch-norm running statistics used).
+    model_config : ModelConfig
+    transform : AmplitudeTransform
+        Maps generator output back to TOD units with ``inverse``.
+    sampling_rate_hz : float
+        Sampling rate the model was trained for (Hz).
+    window_samples : int
+        Training window length (samples).
+    units : str
+        TOD units of the training data.
+    noise_params : NoiseParams or None
+        Fitted noise of the training data (for the slow drifts added at generation).
+    highpass_hz : float or None
+        Cut of the high-pass applied to the training data (Hz), None if none.
+    detectors_trained : list of str
+    cond_names : list of str
+        Names of conditioning inputs (empty when unconditioned).
+    cond_range : list of (float, float)
+        Trained range of each conditioning input.
+    extra : dict
+        Everything else stored (epoch, quality statistic, training config...).
+    """
+
+    generator: Generator
+    model_config: ModelConfig
+    transform: AmplitudeTransform
+    sampling_rate_hz: float
+    window_samples: int
+    units: str = "pW"
+    noise_params: NoiseParams | None = None
+    highpass_hz: float | None = None
+    detectors_trained: list[str] = field(default_factory=list)
+    cond_names: list[str] = field(default_factory=list)
+    cond_range: list[tuple[float, float]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def save_model(
+    path: str | os.PathLike,
+    generator: Generator,
+    transform: AmplitudeTransform,
+    sampling_rate_hz: float,
+    *,
+    units: str = "pW",
+    noise_params: NoiseParams | None = None,
+    highpass_hz: float | None = None,
+    detectors_trained: list[str] | None = None,
+    cond_names: list[str] | None = None,
+    cond_range: list[tuple[float, float]] | None = None,
+    **extra: Any,
+) -> Path:
+    """Write ``model.pt`` atomically (``path`` is the file or its directory).
+
+    A generator with additive glitches (``ModelConfig.additive_glitches``) is
+    stored with ``transform_out_scale`` = ``transform.out_scale`` (filled in
+    when the generator's config leaves it unset; an error when it differs).
+    """
+    p = Path(path)
+    if p.is_dir() or p.suffix != ".pt":
+        p = p / MODEL_FILE
+    cfg = generator.cfg
+    if getattr(generator, "additive", None) is not None:
+        k = cfg.transform_out_scale
+        if k is not None and not np.isclose(k, transform.out_scale, rtol=1e-6, atol=0):
+            raise ValueError(f"the generator adds glitches with transform_out_scale {k}, but the transform's out_scale is {transform.out_scale}")
+        cfg = dataclasses.replace(cfg, transform_out_scale=float(transform.out_scale))
+    payload = {
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
+        "crab_version": __version__,
+        "model_config": cfg.to_dict(),
+        "generator_state": {k: v.detach().cpu().clone() for k, v in generator.state_dict().items()},
+        "transform": transform.to_dict(),
+        "sampling_rate_hz": float(sampling_rate_hz),
+        "window_samples": int(cfg.window_samples),
+        "units": units,
+        "noise_params": None if noise_params is None else noise_params.to_dict(),
+        "highpass_hz": None if highpass_hz is None else float(highpass_hz),
+        "detectors_trained": list(detectors_trained or []),
+        "cond_names": list(cond_names or []),
+        "cond_range": [list(map(float, r)) for r in (cond_range or [])],
+        "extra": extra,
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return atomic_write_bytes(p, buf.getvalue())
+
+
+def load_model(
+    path: str | os.PathLike,
+    *,
+    sampling_rate_hz: float | None = None,
+    window_samples: int | None = None,
+) -> TrainedModel:
+    """Load a model directory (or its ``model.pt``) for generation.
+
+    Parameters
+    ----------
+    path : path-like
+        Model directory written by ``crab train``, or the ``model.pt`` file.
+    sampling_rate_hz : float, optional
+        If given, the model must have been trained at this rate (Hz).
+    window_samples : int, optional
+        If given, the model must have been trained with this window length.
+
+    Raises
+    ------
+    ModelCompatibilityError
+        Missing directory/file, not a CRAB model, another format version, or a
+        sampling rate / window length different from the one asked.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ModelCompatibilityError(f"model not found: {p} (expected a directory written by `crab train`)")
+    f = p / MODEL_FILE if p.is_dir() else p
+    if not f.exists():
+        raise ModelCompatibilityError(f"{p} has no {MODEL_FILE}: not a trained CRAB model directory (is training finished?)")
+    try:
+        d = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds on corrupt files
+        raise ModelCompatibilityError(f"{f}: cannot be read as a CRAB model ({exc.__class__.__name__})") from None
+    if not isinstance(d, dict) or d.get("format") != MODEL_FORMAT:
+        raise ModelCompatibilityError(f"{f}: not a CRAB model file")
+    if d.get("format_version") != MODEL_FORMAT_VERSION:
+        raise ModelCompatibilityError(
+            f"{f}: model format version {d.get('format_version')} (written by crab {d.get('crab_version')}) "
+            f"is not supported by crab {__version__}, which reads version {MODEL_FORMAT_VERSION}; retrain the model"
+        )
+    rate = float(d["sampling_rate_hz"])
+    if sampling_rate_hz is not None and not np.isclose(rate, sampling_rate_hz, rtol=1e-9, atol=0):
+        raise ModelCompatibilityError(f"{f}: model trained for {rate:g} Hz, but {sampling_rate_hz:g} Hz was asked; train a model at that rate")
+    if window_samples is not None and int(d["window_samples"]) != int(window_samples):
+        raise ModelCompatibilityError(f"{f}: model trained with windows of {d['window_samples']} samples, but {window_samples} were asked")
+    try:
+        cfg = ModelConfig.from_dict(d["model_config"])
+        gen = Generator(cfg)
+        gen.load_state_dict(d["generator_state"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as exc:
+        raise ModelCompatibilityError(
+            f"{f}: the stored network (written by crab {d.get('crab_version')}) cannot be rebuilt by crab {__version__}: "
+            f"{str(exc).splitlines()[0]}"
+        ) from None
+    gen.eval()
+    return TrainedModel(
+        generator=gen,
+        model_config=cfg,
+        transform=AmplitudeTransform.from_dict(d["transform"]),
+        sampling_rate_hz=rate,
+        window_samples=int(d["window_samples"]),
+        units=d.get("units", "pW"),
+        noise_params=None if d.get("noise_params") is None else NoiseParams(**d["noise_params"]),
+        highpass_hz=d.get("highpass_hz"),
+        detectors_trained=list(d.get("detectors_trained", [])),
+        cond_names=list(d.get("cond_names", [])),
+        cond_range=[tuple(r) for r in d.get("cond_range", [])],
+        extra=dict(d.get("extra", {})),
+        path=f,
+    )
