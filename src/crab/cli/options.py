@@ -43,8 +43,8 @@ def positive_float(ctx, param, value):
     return value
 
 
-def nonnegative_float(ctx, param, value):
-    """Callback: a finite float >= 0."""
-    if value is not None and not (value >= 0 and value < float("inf")):
-        raise click.BadParameter(f"must be a finite number >= 0, got {value}")
+def nonnegative_int(ctx, param, value):
+    """Callback: an integer >= 0."""
+    if value is not None and value < 0:
+        raise click.BadParameter(f"must be >= 0, got {value}")
     return value
