@@ -4,16 +4,22 @@ Usage::
 
     python benchmarks/fidelity_study.py --out fid --seeds 1 2 3 4       # the default and the defaults before it (DEFAULT_VARIANTS)
     python benchmarks/fidelity_study.py --out fid --seeds 1 2 \\
-        --variant default= --variant no_pulses=--event-kernel=0 \\
-        --variant on_samples=--no-event-subsample --variant 160_epochs=--epochs=150   # ~7 min per run on 2 cores
+        --variant default --variant no_events \\
+        --variant no_pulses=configs/no_pulses.toml      # ~7 min per run on 2 cores
+
+A variant is a ``crab train --config``: a configuration shipped with CRAB
+(``src/crab/configs/NAME.toml``: ``default``, ``no_peak_view``,
+``two_event_channels``, ``network_draws_glitches``, ``no_events``, ``paper``)
+or ``NAME=FILE.toml``, a TOML file with ``[model]`` and ``[train]`` tables
+(e.g. ``[model]`` ``event_kernel = 0`` for no pulses; ``[train]``
+``epochs = 150``).
 
 Steps (each skipped when its output exists, so an interrupted study resumes):
 
 1. ``crab simulate`` the training MC (``--train-duration``, default 1800 s,
    4 detectors, seed 1) and a held-out MC (1800 s, seed 1001), as ``crab run``
    does;
-2. for every variant and seed: ``crab train`` with the variant's options
-   (comma-separated ``crab train`` arguments after ``NAME=``), ``crab generate``
+2. for every variant and seed: ``crab train --config`` the variant's configuration, ``crab generate``
    1 h of 4 detectors (seed 2001), ``crab validate`` against the held-out MC;
 3. a table of the issue's targets (classifier AUC, glitch rate, amplitude
    distribution) and the diagnostics that move most with these options
@@ -28,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -37,13 +42,8 @@ import numpy as np
 
 CRAB = [sys.executable, "-c", "from crab.cli import main; main()"]
 BANDS_SIGMA = (5, 10, 20, 40, 100)
-#: The default model and the defaults before it (docs/design.md, "Discriminator peak view").
-DEFAULT_VARIANTS = (
-    "default=",
-    "no_peak_view=--no-discriminator-peak-view",
-    "two_channels=--event-channels=2,--no-discriminator-peak-view",
-    "drawn_glitches=--event-channels=2,--no-discriminator-peak-view,--no-additive-glitches",
-)
+#: The default model and the defaults before it (shipped configurations; docs/experiments.md, "Discriminator peak view").
+DEFAULT_VARIANTS = ("default", "no_peak_view", "two_event_channels", "network_draws_glitches")
 
 
 def _run(*args: object, quiet: bool = False) -> None:
@@ -128,7 +128,7 @@ class HeldoutClassifier:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="study folder")
-    ap.add_argument("--variant", action="append", default=None, help="NAME=comma-separated crab train options, e.g. wide=--generator-channels=32,32,16,16,16,--epochs=120 (repeatable)")
+    ap.add_argument("--variant", action="append", default=None, help="a shipped configuration (e.g. no_events) or NAME=FILE.toml, a crab train --config file (repeatable)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1])
     ap.add_argument("--epochs", type=int, default=None, help="adversarial epochs (default: crab train's)")
     ap.add_argument("--threads", type=int, default=None)
@@ -136,8 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     variants = {}
     for v in args.variant or DEFAULT_VARIANTS:
-        name, _, opts = v.partition("=")
-        variants[name] = [o for part in re.split(r",(?=--)", opts) if part for o in part.split("=", 1)]  # an option's value may hold commas
+        name, _, config = v.partition("=")
+        variants[name] = ["--config", config or name]
 
     out = args.out
     mc = ensure_mc(out, args.train_duration)

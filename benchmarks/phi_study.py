@@ -11,7 +11,7 @@ Steps (each skipped when its output exists, so an interrupted study resumes):
    seed 11) and held-out files at ``--heldout-phi`` (default 0.4 ... 1.2 GV
    in steps of 0.2; seed 21, so even a trained phi is compared with MC the
    model never saw);
-2. ``crab train --condition phi --joint-detectors --event-channels 0`` on the
+2. ``crab train --condition phi --joint-detectors --config no_events`` on the
    training files (the generator without event inputs, with which issue 6's
    figures were measured: with event inputs the glitch rate follows phi only
    once the network has learned to drop events at high phi, not measured);
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     if not (model / "model.pt").exists() or (model / "checkpoint.pt").exists() and not (out / "trained").exists():
         extra = [] if args.epochs is None else ["--epochs", args.epochs]
         extra += [] if args.threads is None else ["--threads", args.threads]
-        resume = ["--resume"] if (model / "checkpoint.pt").exists() else ["--event-channels", 0]
+        resume = ["--resume"] if (model / "checkpoint.pt").exists() else ["--config", "no_events"]
         _run("train", *[x for f in train_files for x in ("--data", f)], "--condition", "phi", "--joint-detectors", "--out", model, "--quiet", *extra, *resume)
         (out / "trained").write_text("done\n")
     _run("validate-phi", "--model", model, *[x for f in held_files for x in ("-r", f)], "--duration-factor", args.duration_factor, "-o", out / "report")

@@ -9,7 +9,7 @@ Steps (each skipped when its output exists, so an interrupted run resumes):
 
 1. the training and held-out MC of ``crab run`` (``fidelity_study.ensure_mc``);
 2. per seed, ``crab train --snapshot-every N`` (extra ``crab train`` options
-   after ``--``), which writes the generation model of every N-th epoch to
+   after ``--``, e.g. ``-- --config two_event_channels``), which writes the generation model of every N-th epoch to
    ``model/snapshots/epoch_NNNN``;
 3. per snapshot, ``crab generate`` 1 h of 4 detectors (seed 2001, as
    ``crab run``) and the classifier two-sample test of ``crab validate``
@@ -21,7 +21,7 @@ Printed: per seed and snapshot, the epoch, the sample-quality statistic by
 which ``crab train`` keeps its best epoch (``history.csv``), and the AUC; the
 epoch ``crab train`` kept is marked.  It shows how the AUC falls with
 training, how much it moves from one epoch to the next on its plateau, and
-whether the kept epoch is a good one (docs/design.md, "Training
+whether the kept epoch is a good one (docs/experiments.md, "Training
 trajectories").
 """
 

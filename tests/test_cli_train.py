@@ -8,7 +8,26 @@ import pytest
 from crab.cli import main
 from crab.models.gan.store import load_model
 
-FAST = ["--window-samples", "64", "--batch-size", "16", "--windows-per-epoch", "32", "--d-pretrain-epochs", "0", "--threads", "1", "--quiet", "--event-channels", "0", "--latent-dim", "20"]
+FAST_MODEL = {"event_channels": 0, "latent_dim": 20}
+FAST_TRAIN = {"window_samples": 64, "batch_size": 16, "windows_per_epoch": 32, "d_pretrain_epochs": 0}
+FAST = ["--threads", "1", "--quiet"]
+
+
+def _toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+def write_config(path, model=None, train=None, fast=True):
+    """A TOML configuration file for ``crab train --config`` (the fast test settings unless ``fast`` is False)."""
+    model = {**(FAST_MODEL if fast else {}), **(model or {})}
+    train = {**(FAST_TRAIN if fast else {}), **(train or {})}
+    lines = ["[model]", *(f"{k} = {_toml_value(v)}" for k, v in model.items()), "[train]", *(f"{k} = {_toml_value(v)}" for k, v in train.items())]
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def _run(capsys, *args):
@@ -38,7 +57,8 @@ def npz(tmp_path, synthetic_tod):
 
 def test_train_and_resume(tmp_path, npz, capsys):
     out = tmp_path / "model"
-    res = _ok(capsys, "train", "--data", npz(), "--out", out, "--epochs", 1, "--seed", 3, *FAST)
+    fast = write_config(tmp_path / "fast.toml")
+    res = _ok(capsys, "train", "--data", npz(), "--out", out, "--epochs", 1, "--seed", 3, "--config", fast, *FAST)
     assert "model.pt" in res.out and "history.png" in res.out
     m = load_model(out, sampling_rate_hz=19.0, window_samples=64)
     assert m.model_config.latent_dim == 20
@@ -49,19 +69,21 @@ def test_train_and_resume(tmp_path, npz, capsys):
     assert len(json.loads((out / "history.json").read_text())["rows"]) == 2
     assert [p.name for p in (out / "snapshots").iterdir()] == ["epoch_0002"]
     assert load_model(out / "snapshots" / "epoch_0002").extra["epoch"] == 2
-    # another window length than the checkpoint's: clear error
-    code, res = _run(capsys, "train", "--data", npz(), "--out", out, "--epochs", 3, "--resume", "--window-samples", 128)
-    assert code == 2 and res.err.count("\n") == 1 and "64 samples" in res.err
+    # another configuration than the checkpoint's: clear error
+    code, res = _run(capsys, "train", "--data", npz(), "--out", out, "--epochs", 3, "--resume", "--config", write_config(tmp_path / "w128.toml", train={"window_samples": 128}))
+    assert code == 2 and res.err.count("\n") == 1 and "--config cannot change when resuming" in res.err
     # a non-empty directory is not overwritten silently
-    code, res = _run(capsys, "train", "--data", npz(), "--out", out, "--epochs", 1, *FAST)
+    code, res = _run(capsys, "train", "--data", npz(), "--out", out, "--epochs", 1, "--config", fast, *FAST)
     assert code == 2 and "--overwrite" in res.err
 
 
 def test_event_channel_options(tmp_path, npz, capsys):
-    """--event-channels adds sparse event inputs beside the Gaussian noise channel; the model generates."""
+    """event_channels adds sparse event inputs beside the Gaussian noise channel; the model generates."""
     out = tmp_path / "model"
-    fast = FAST[:-4]  # without --event-channels 0 --latent-dim 20
-    _ok(capsys, "train", "--data", npz(), "--out", out, "--epochs", 1, *fast, "--event-channels", 2, "--event-threshold", 2.0, "--event-subsample", "--event-kernel", 9, "--feature-weight", 0)
+    events = {"event_channels": 2, "event_threshold": 2.0, "event_subsample": True, "event_kernel": 9}
+    conf = write_config(tmp_path / "ev.toml", model=events, train={"feature_weight": 0})
+    conf.write_text(conf.read_text().replace("latent_dim = 20\n", ""))  # noise_dim and latent_dim follow event_channels
+    _ok(capsys, "train", "--data", npz(), "--out", out, "--epochs", 1, "--config", conf, *FAST)
     m = load_model(out)
     mc = m.model_config
     assert (mc.event_channels, mc.noise_dim, mc.event_threshold, mc.event_subsample, mc.event_kernel) == (2, 48, 2.0, True, 9)
@@ -71,43 +93,90 @@ def test_event_channel_options(tmp_path, npz, capsys):
     assert json.loads((out / "config.json").read_text())["config"]["feature_weight"] == 0
     assert mc.latent_dim == mc.noise_dim + 8
     _ok(capsys, "generate", "--model", out, "--duration", "60", "--detectors", 2, "--out", tmp_path / "g.h5", "--no-progress")
-    code, res = _run(capsys, "train", "--data", npz(), "--out", tmp_path / "m2", "--epochs", 1, *FAST, "--event-channels", 3)
-    assert code == 2 and res.err.count("\n") == 1 and "noise_dim" in res.err  # --latent-dim 20 leaves no room for 4 noise channels
-    code, res = _run(capsys, "train", "--data", npz(), "--out", tmp_path / "m3", "--epochs", 1, *fast, "--event-channels", 1, "--event-kernel", 8)
+    code, res = _run(capsys, "train", "--data", npz(), "--out", tmp_path / "m2", "--epochs", 1, "--config", write_config(tmp_path / "e3.toml", model={"event_channels": 3, "noise_dim": 64}), *FAST)
+    assert code == 2 and res.err.count("\n") == 1 and "noise_dim" in res.err  # latent_dim 20 leaves no room for 4 noise channels
+    no_latent = {"event_channels": 1, "event_kernel": 8}
+    conf = write_config(tmp_path / "k8.toml", model=no_latent)
+    conf.write_text(conf.read_text().replace("latent_dim = 20\n", ""))
+    code, res = _run(capsys, "train", "--data", npz(), "--out", tmp_path / "m3", "--epochs", 1, "--config", conf, *FAST)
     assert code == 2 and res.err.count("\n") == 1 and "event_kernel" in res.err
-    _ok(capsys, "train", "--data", npz(), "--out", tmp_path / "m4", "--epochs", 1, *fast, "--event-kernel", 9, "--no-additive-glitches", "--discriminator-peak-view")
+    conf = write_config(tmp_path / "m4.toml", model={"event_kernel": 9, "additive_glitches": False, "discriminator_peak_view": True}, fast=False)
+    conf.write_text(conf.read_text().replace("[train]\n", "[train]\n" + "".join(f"{k} = {v}\n" for k, v in FAST_TRAIN.items())))
+    _ok(capsys, "train", "--data", npz(), "--out", tmp_path / "m4", "--epochs", 1, "--config", conf, *FAST)
     m4 = load_model(tmp_path / "m4")
     assert not m4.model_config.additive_glitches and m4.generator.additive is None
     assert m4.model_config.discriminator_peak_view and m4.model_config.transform_out_scale == pytest.approx(m4.transform.out_scale)  # the peak view needs k too
-    code, res = _run(capsys, "train", "--data", npz(), "--out", tmp_path / "m4", "--epochs", 2, *fast, "--resume", "--additive-glitches")
-    assert code == 2 and "--additive-glitches" in res.err
+    code, res = _run(capsys, "train", "--data", npz(), "--out", tmp_path / "m4", "--epochs", 2, "--resume", "--config", write_config(tmp_path / "add.toml", model={"additive_glitches": True}))
+    assert code == 2 and "--config" in res.err
 
 
-def test_architecture_and_learning_rate_decay_options(tmp_path, npz, capsys):
-    """--spectral-norm normalises the discriminator's layers, --generator-channels sets the generator's widths,
-    --causal-pulses holds the additive pulses' taps before the event at 0;
-    --lr-decay-epochs/--lr-decay-final reach the training config."""
-    from crab.models.gan.training import load_checkpoint
+def test_generator_channels_from_the_config_file(tmp_path, npz, capsys):
+    """generator_channels sets the generator's widths."""
+    out = tmp_path / "model"
+    _ok(capsys, "train", "--data", npz(), "--out", out, "--epochs", 2, "--config", write_config(tmp_path / "c.toml", model={"generator_channels": [16, 16, 8, 8, 4]}), *FAST)
+    m = load_model(out)
+    assert m.model_config.generator_channels == (16, 16, 8, 8, 4)
+    assert m.generator.head.in_channels == 4
+    code, res = _run(capsys, "train", "--data", npz(), "--out", tmp_path / "m3", "--epochs", 1, "--config", write_config(tmp_path / "c2.toml", model={"generator_channels": [16, 16]}), *FAST)
+    assert code == 2 and res.err.count("\n") == 1 and "generator_channels needs 5 entries" in res.err
+    assert not (tmp_path / "m3").exists()
+
+
+def test_help_lists_at_most_15_options(capsys):
+    from crab.cli.train_cmd import train
+
+    options = [p for p in train.params if p.name != "help"]
+    assert len(options) <= 15, [p.name for p in options]
+    res = _ok(capsys, "train", "--help")
+    assert res.out.count("\n  --") <= 16  # the options and --help
+
+
+def test_config_file_sets_fields_and_the_command_line_overrides_it(tmp_path, npz, capsys):
+    from crab.models.gan.checkpoint import load_checkpoint
 
     out = tmp_path / "model"
-    _ok(capsys, "train", "--data", npz(), "--out", out, "--epochs", 2, *FAST[:-4], "--spectral-norm", "--lr-decay-epochs", 1, "--lr-decay-final", 0.5, "--generator-channels", "16,16,8,8,4",
-        "--event-channels", 1, "--event-kernel", 9, "--causal-pulses")
-    m = load_model(out)
-    assert m.model_config.spectral_norm and m.model_config.generator_channels == (16, 16, 8, 8, 4) and m.model_config.causal_pulses
-    assert m.generator.head.in_channels == 4
-    ck = load_checkpoint(out)
-    assert any("parametrizations" in k for k in ck["discriminator"])
-    assert (ck["train_config"]["lr_decay_epochs"], ck["train_config"]["lr_decay_final"]) == (1, 0.5)
-    assert ck["opt_g"]["param_groups"][0]["lr"] == pytest.approx(0.5 * ck["train_config"]["g_lr"])
-    code, res = _run(capsys, "train", "--data", npz(), "--out", out, "--epochs", 3, "--resume", "--no-spectral-norm")
-    assert code == 2 and "--spectral-norm" in res.err
-    code, res = _run(capsys, "train", "--data", npz(), "--out", tmp_path / "m2", "--epochs", 2, *FAST, "--lr-decay-epochs", 3)
-    assert code == 2 and res.err.count("\n") == 1 and "lr_decay_epochs" in res.err
-    assert not (tmp_path / "m2").exists()
-    code, res = _run(capsys, "train", "--data", npz(), "--out", tmp_path / "m3", "--epochs", 1, *FAST, "--generator-channels", "16,16")
-    assert code == 2 and res.err.count("\n") == 1 and "generator_channels needs 5 entries" in res.err
-    code, res = _run(capsys, "train", "--data", npz(), "--out", tmp_path / "m3", "--epochs", 1, *FAST, "--generator-channels", "16,a")
-    assert code == 2 and "comma-separated integers" in res.err
+    conf = write_config(tmp_path / "c.toml", train={"epochs": 5, "seed": 9, "feature_weight": 0.25, "d_betas": [0.1, 0.8]})
+    _ok(capsys, "train", "--data", npz(), "--out", out, "--epochs", 1, "--config", conf, *FAST)
+    tc = load_checkpoint(out)["train_config"]
+    assert (tc["epochs"], tc["seed"], tc["feature_weight"], tuple(tc["d_betas"])) == (1, 9, 0.25, (0.1, 0.8))
+    record = json.loads((out / "config.json").read_text())
+    assert record["config"]["feature_weight"] == 0.25 and record["model_config"]["latent_dim"] == 20  # the resolved configuration beside the outputs
+
+
+def test_shipped_paper_config(tmp_path, npz, capsys):
+    """--config paper: the paper's recipe (what --recipe paper set)."""
+    from crab.models.gan.checkpoint import load_checkpoint
+    from crab.models.gan.config_file import read_config_file
+
+    train_paper = read_config_file("paper")["train"]
+    assert (train_paper["loss"], train_paper["d_optimizer"], train_paper["g_optimizer"], train_paper["ema_decay"]) == ("bce", "sgd", "adam", 0.0)
+    conf = write_config(tmp_path / "p.toml", train=train_paper)
+    _ok(capsys, "train", "--data", npz(), "--out", tmp_path / "m", "--epochs", 1, "--config", conf, *FAST)
+    tc = load_checkpoint(tmp_path / "m")["train_config"]
+    assert (tc["loss"], tc["d_optimizer"], tc["d_lr"], tc["ema_decay"], tc["d_steps_per_g_step"]) == ("bce", "sgd", 0.02, 0.0, 1)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[model]\nevent_chanels = 2\n", "unknown key 'event_chanels' in [model]; valid keys: latent_dim, noise_dim"),
+        ("[train]\nlr_decay_epochs = 40\n", "unknown key 'lr_decay_epochs' in [train]; valid keys: epochs,"),
+        ("[optim]\nx = 1\n", "unknown table [optim]"),
+        ("[train\n", "not a valid TOML file"),
+        ("[train]\nloss = 'hinge'\n", "loss must be 'bce' or 'wgan-gp'"),
+    ],
+)
+def test_bad_config_file_one_line_error(tmp_path, npz, capsys, text, message):
+    conf = tmp_path / "bad.toml"
+    conf.write_text(text)
+    code, res = _run(capsys, "train", "--data", npz(), "--out", tmp_path / "m", "--epochs", 1, "--config", conf, *FAST)
+    assert code == 2 and res.err.startswith("error: ") and res.err.count("\n") == 1 and message in res.err
+    assert not (tmp_path / "m").exists()
+
+
+def test_unknown_shipped_config(tmp_path, npz, capsys):
+    code, res = _run(capsys, "train", "--data", npz(), "--out", tmp_path / "m", "--config", "papper", *FAST)
+    assert code == 2 and res.err.count("\n") == 1 and "no such shipped configuration" in res.err and "paper" in res.err
 
 
 @pytest.mark.parametrize(
@@ -123,8 +192,8 @@ def test_bad_inputs_one_line_error_and_no_model_dir(tmp_path, npz, capsys, case,
         "rates": lambda: ["--data", npz("a.npz"), "--data", npz("b.npz", rate=31.0)],
         "window": lambda: ["--data", npz()],
     }[case]()
-    extra = ["--window-samples", "60"] if case == "window" else ["--window-samples", "64"]
-    code, res = _run(capsys, "train", *data, "--out", out, "--epochs", 1, *FAST[:-2], *extra)
+    conf = write_config(tmp_path / "c.toml", train={"window_samples": 60 if case == "window" else 64})
+    code, res = _run(capsys, "train", *data, "--out", out, "--epochs", 1, "--config", conf, *FAST)
     assert code == 2
     assert res.err.startswith("error: ") and res.err.count("\n") == 1 and message in res.err
     assert not out.exists()

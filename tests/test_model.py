@@ -157,35 +157,6 @@ def test_additive_glitches_are_pareto_pulses_added_in_tod_units():
     assert wafer.additive is not None and wafer(torch.randn(1, 8 + 2 * 52, 12)).shape == (1, 2, 192)
 
 
-def test_causal_pulses_put_nothing_before_the_event():
-    """causal_pulses: whatever the pulse taps, an event adds nothing to the samples before its own."""
-    base = {**SMALL, "noise_dim": 48, "latent_dim": 52, "event_channels": 2, "event_subsample": True, "event_kernel": 21, "transform_out_scale": 0.8}
-    for causal in (False, True):
-        g = Generator(ModelConfig(**{**base, "causal_pulses": causal})).eval()
-        with torch.no_grad():
-            g.additive.conv.weight.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(1))  # acausal taps too
-        z = torch.randn(1, 52, 12, generator=torch.Generator().manual_seed(4))
-        ev = 4 + 1 * 16  # latent rows of the first event channel (sample 16 j + i)
-        z[:, ev : ev + 32, :] = 0.0
-        z[0, ev + 5, 6] = 3.0  # one event, at sample 101 (phase from the Gaussian channel)
-        with torch.no_grad():
-            y = g(z)[0, 0]
-            add, g.additive = g.additive, None
-            y_net = g(z)[0, 0]
-            g.additive = add
-        d = (torch.sinh(0.8 * y) - torch.sinh(0.8 * y_net)).abs()
-        assert float(d[101:112].max()) > 0.01  # the pulse
-        assert (float(d[:101].max()) < 1e-5) == causal  # and nothing before the event only when causal
-    w = g.additive.pulse_weight().detach()
-    assert float(w[..., 11:].abs().max()) == 0.0 and float(w[..., :11].abs().min()) > 0.0
-
-
-def test_paper_generator_shape():
-    g = Generator(ModelConfig(**SMALL, generator_arch="paper"))
-    assert g.latent_shape(3) == (3, 20)  # the paper generator has no noise channels: one latent vector per window
-    assert g(torch.randn(3, 20)).shape == (3, 1, 64)
-
-
 def test_streaming_generator_is_translation_equivariant_with_finite_margin():
     torch.manual_seed(0)
     g = Generator(ModelConfig(**SMALL)).eval()
@@ -203,7 +174,7 @@ def test_streaming_generator_is_translation_equivariant_with_finite_margin():
 
 
 def test_model_config_round_trip():
-    cfg = ModelConfig(**SMALL, spectral_norm=True)
+    cfg = ModelConfig(**SMALL, minibatch_std=False)
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     default = ModelConfig()
     assert ModelConfig.from_dict(default.to_dict()) == default
@@ -213,8 +184,18 @@ def test_model_config_round_trip():
     new = ModelConfig(**{**SMALL, "discriminator_peak_view": True})
     old = {k: v for k, v in new.to_dict().items() if k not in ("event_channels", "event_subsample", "event_kernel", "additive_glitches", "transform_out_scale", "discriminator_peak_view")}
     assert ModelConfig.from_dict(old) == ModelConfig(**SMALL, additive_glitches=False)
-    before_causal = {k: v for k, v in ModelConfig(**{**SMALL, "causal_pulses": True}).to_dict().items() if k != "causal_pulses"}
-    assert not ModelConfig.from_dict(before_causal).causal_pulses  # files from before the field have free pulses
+
+
+def test_removed_model_settings_load_at_their_old_default_else_a_one_line_error():
+    """A model of the previous code stores generator_arch, spectral_norm and causal_pulses at their old
+    defaults: it loads as the same network; any other value is refused with how to retrain."""
+    from crab.core.errors import ModelCompatibilityError
+
+    stored = {**ModelConfig(**SMALL).to_dict(), "generator_arch": "streaming", "spectral_norm": False, "causal_pulses": False}
+    assert ModelConfig.from_dict(stored) == ModelConfig(**SMALL)
+    for key, value in (("generator_arch", "paper"), ("spectral_norm", True), ("causal_pulses", True)):
+        with pytest.raises(ModelCompatibilityError, match=rf"^old_model was trained with {key}=.*, which this version no longer has; retrain it with `crab train`$"):
+            ModelConfig.from_dict({**stored, key: value}, "old_model")
 
 
 def test_soft_bound_is_a_smooth_clamp():

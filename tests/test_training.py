@@ -13,7 +13,11 @@ from crab.models.gan.history import COLUMNS, History
 from crab.models.gan.network import Generator, ModelConfig
 from crab.models.gan.store import load_model
 from crab.models.gan.quality import quality_floor, sample_quality
-from crab.models.gan.training import TrainConfig, calibrate_batchnorm, d_losses, gradient_penalty, load_checkpoint, train
+from crab.models.gan.checkpoint import load_checkpoint
+from crab.models.gan.config import TrainConfig
+from crab.models.gan.evaluation import calibrate_batchnorm
+from crab.models.gan.losses import d_losses, gradient_penalty
+from crab.models.gan.training import train
 
 SMALL_MODEL = ModelConfig(latent_dim=20, noise_dim=16, event_channels=0, event_subsample=False, event_kernel=0, generator_channels=(8, 8, 8, 8, 8), discriminator_channels=(8, 8, 8, 8))
 # the paper's recipe (BCE, SGD for D, Adam for G) on a tiny problem; tests change one option at a time
@@ -38,9 +42,9 @@ def _train(source, out, **kw):
 
 
 def _init_generator_state():
-    import crab.models.gan.training as t
+    from crab.models.gan.evaluation import seed_from
 
-    torch.manual_seed(t._seed_from(1, 1))
+    torch.manual_seed(seed_from(1, 1))
     return Generator(SMALL_MODEL.__class__(**{**SMALL_MODEL.to_dict(), "window_samples": 64})).state_dict()
 
 
@@ -87,7 +91,7 @@ def _kill_after(monkeypatch, n_epochs):
 
 
 def test_resume_equals_uninterrupted(source, tmp_path, monkeypatch):
-    kw = dict(epochs=3, d_pretrain_epochs=1, ema_decay=0.9, loss="wgan-gp", d_optimizer="adam", d_steps_per_g_step=2, windows_per_epoch=48, lr_decay_epochs=2)
+    kw = dict(epochs=3, d_pretrain_epochs=1, ema_decay=0.9, loss="wgan-gp", d_optimizer="adam", d_steps_per_g_step=2, windows_per_epoch=48)
     _train(source, tmp_path / "full", **kw)
     with monkeypatch.context() as mp:
         _kill_after(mp, 2)
@@ -250,25 +254,21 @@ def test_ema_option(source, tmp_path):
     assert _changed(b["ema"], b["generator"])
 
 
-def test_learning_rate_decay_option(source, tmp_path):
-    """lr_decay_epochs: both rates fall linearly to lr_decay_final of their value over the last adversarial epochs."""
-    cfg = TrainConfig(epochs=10, d_pretrain_epochs=2, lr_decay_epochs=4, lr_decay_final=0.2)
-    np.testing.assert_allclose([cfg.lr_factor(e) for e in range(1, 13)], [1.0] * 8 + [0.8, 0.6, 0.4, 0.2])
-    assert [TrainConfig(epochs=3).lr_factor(e) for e in (1, 13)] == [1.0, 1.0]  # off by default
-    const = _weights(source, tmp_path, "const", epochs=2, d_pretrain_epochs=1)
-    decay = _weights(source, tmp_path, "decay", epochs=2, d_pretrain_epochs=1, lr_decay_epochs=1, lr_decay_final=0.5)
-    for opt, lr in (("opt_d", TINY["d_lr"]), ("opt_g", TrainConfig().g_lr)):
-        assert const[opt]["param_groups"][0]["lr"] == lr and decay[opt]["param_groups"][0]["lr"] == pytest.approx(0.5 * lr)
-    assert _changed(const["generator"], decay["generator"])
-    for bad in (dict(epochs=3, lr_decay_epochs=4), dict(lr_decay_epochs=-1), dict(lr_decay_final=1.5)):
-        with pytest.raises(InputError, match="lr_decay"):
-            TrainConfig(**bad)
-
-
 def test_paper_recipe():
-    p = TrainConfig.paper()
+    from crab.models.gan.config_file import read_config_file
+
+    p = TrainConfig(**read_config_file("paper")["train"])
     assert (p.loss, p.d_optimizer, p.g_optimizer, p.ema_decay) == ("bce", "sgd", "adam", 0.0) and 10 <= p.d_pretrain_epochs <= 20
-    assert TrainConfig.paper(epochs=5).epochs == 5
+    assert TrainConfig(**{**read_config_file("paper")["train"], "epochs": 5}).epochs == 5
+
+
+def test_removed_settings_load_at_their_old_default_else_a_one_line_error():
+    """A checkpoint of the previous code holds lr_decay_epochs=0 (and lr_decay_final): it loads; a decay is refused."""
+    old = {**TrainConfig().to_dict(), "lr_decay_epochs": 0, "lr_decay_final": 0.1}
+    assert TrainConfig.from_dict(old) == TrainConfig()
+    with pytest.raises(ModelCompatibilityError, match=r"lr_decay_epochs=40, which this version no longer has; retrain it with `crab train`") as e:
+        TrainConfig.from_dict({**old, "lr_decay_epochs": 40}, "run/checkpoint.pt")
+    assert "\n" not in str(e.value) and str(e.value).startswith("run/checkpoint.pt was trained with")
 
 
 def test_config_validation():
@@ -331,7 +331,7 @@ def test_output_bound_is_the_training_range_plus_margin(source, tmp_path):
 
 
 def test_feature_matching_option(source, tmp_path):
-    from crab.models.gan.training import feature_matching_loss
+    from crab.models.gan.losses import feature_matching_loss
 
     real = torch.randn(16, 1, 64)
     assert float(feature_matching_loss(real[torch.randperm(16)], real)) == pytest.approx(0.0, abs=1e-12)  # order of windows irrelevant
@@ -352,7 +352,7 @@ def test_feature_matching_option(source, tmp_path):
 
 def test_slow_noise_calibration_option(source, tmp_path):
     from crab.models.dataset import prepare_training_data
-    from crab.models.gan.training import calibrated_noise_params
+    from crab.models.gan.evaluation import calibrated_noise_params
 
     _train(source, tmp_path / "cal", loss="wgan-gp")
     _train(source, tmp_path / "raw", loss="wgan-gp", slow_noise_calibration=False)
