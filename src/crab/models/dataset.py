@@ -192,7 +192,7 @@ def split_bounds(n_samples: int, window_samples: int, val_fraction: float) -> tu
         raise InputError(
             f"too few samples: {n_samples} per detector cannot hold one training window and one validation window of "
             f"{window_samples} samples (val_fraction {val_fraction}, gap of one window); need at least about {need} samples "
-            f"or a shorter --window-samples"
+            f"or a shorter window_samples ([train] table of crab train --config)"
         )
     return (0, n_train), (n_samples - n_val, n_samples)
 
@@ -271,15 +271,13 @@ class TrainingData:
 
 
 def default_highpass_hz(sampling_rate_hz: float, window_samples: int) -> float:
-    """One cycle per four window durations: drifts slower than that are left to the noise model.
+    """The default high-pass cut (Hz): one cycle per four window durations; drifts slower than
+    that are left to the noise model.
 
     At 19 Hz and 256 samples this is 18.6 mHz (about the 1/f knee of the
     detectors, ~20 mHz), a time constant 1 / (2 pi f) of about 9 s, far longer
-    than the slowest glitch tails (~1 s).  Most of the TOD's power below the
-    old cut of one cycle per window (74 mHz) is glitch pile-up (shot noise),
-    not detector drift: removed by the high-pass and added back as Gaussian
-    slow noise it widened the windows' lower tail (classifier AUC 0.89 with a
-    74 mHz cut, 0.83 with 18.6 mHz, on 1800 s x 4 detectors of Monte Carlo).
+    than the slowest glitch tails (~1 s).  Why not one cycle per window:
+    docs/experiments.md ("Training recipe").
     """
     return float(sampling_rate_hz) / (4.0 * float(window_samples))
 

@@ -25,6 +25,7 @@ RESUMABLE_CHANGES = ("epochs", "num_threads", "snapshot_every")
 
 
 def to_bytes(obj: Any) -> bytes:
+    """``obj`` as ``torch.save`` writes it (to write a checkpoint atomically)."""
     buf = io.BytesIO()
     torch.save(obj, buf)
     return buf.getvalue()
@@ -59,6 +60,8 @@ def checkpoint_config(ck: dict, what: str = "this checkpoint") -> TrainConfig:
 
 
 def check_resume(ck: dict, cfg: TrainConfig, mcfg: ModelConfig, sources: Sequence[TodSource], path: Path) -> None:
+    """ModelCompatibilityError unless the checkpoint ``ck`` (read from ``path``) can continue with this
+    configuration and data: only :data:`RESUMABLE_CHANGES` of the TrainConfig may differ."""
     old = checkpoint_config(ck, str(path)).to_dict()
     new = cfg.to_dict()
     if int(ck["window_samples"]) != cfg.window_samples:
@@ -78,4 +81,5 @@ def check_resume(ck: dict, cfg: TrainConfig, mcfg: ModelConfig, sources: Sequenc
 
 
 def norm_value(v: Any) -> Any:
+    """A tuple as a list (how a configuration value reads back from a stored file)."""
     return list(v) if isinstance(v, tuple) else v
