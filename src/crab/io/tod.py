@@ -47,12 +47,13 @@ from crab import __version__
 from crab.core.errors import FileFormatError, InputError
 from crab.core.formats import check_format, format_record
 from crab.core.paths import check_output_file
+from crab.core.provenance import to_jsonable
 from crab.physics.events import (  # noqa: F401  (re-exported: the file layer writes what physics defines)
+    _EVENT_COLUMNS,
     EVENT_KIND_DIRECT,
     EVENT_KIND_LABELS,
     EVENT_KIND_WAFER,
     EventTable,
-    _EVENT_COLUMNS,
     default_detector_names,
 )
 
@@ -126,7 +127,7 @@ def write_root_attrs(f: h5py.File, meta: TodMetadata) -> None:
     a["units"] = meta.units
     a["detectors"] = json.dumps(meta.detectors)
     a["kind"] = meta.kind
-    a["config"] = json.dumps(meta.config, sort_keys=True, default=_json_default)
+    a["config"] = json.dumps(to_jsonable(meta.config), sort_keys=True)
     a["seed"] = -1 if meta.seed is None else int(meta.seed)
     a["crab_version"] = meta.crab_version  # the version that made the data (kept when a file is copied)
     a["description"] = meta.description
@@ -262,18 +263,6 @@ def write_tod(path: str | os.PathLike, tod: np.ndarray, meta: TodMetadata, event
         if events is not None:
             w.write_events(events)
     return Path(path)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 # --------------------------------------------------------------------------- reading

@@ -48,8 +48,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from crab.core import interrupt
-from crab.core import rng
+from crab.core import interrupt, rng
 from crab.core.errors import InputError
 from crab.physics.decimation import Decimator, antialias_sos
 from crab.physics.deposit import deposit_hits, sample_positions

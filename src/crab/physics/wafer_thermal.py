@@ -28,6 +28,7 @@ import scipy.signal
 from crab.core.errors import InputError
 from crab.physics.tes import W_PER_PW, TESModel
 
+
 @dataclass
 class WaferThermalParams:
     """Thermal model of the wafer seen by its detectors.
