@@ -21,12 +21,9 @@ import time
 
 import numpy as np
 
-from crab.physics.montecarlo import MonteCarloConfig, simulate
-
-
-def robust_sigma(x: np.ndarray) -> float:
-    d = np.diff(x.astype(np.float64))
-    return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2))
+from crab.core.stats import robust_sigma
+from crab.physics.montecarlo import simulate
+from crab.physics.montecarlo_config import MonteCarloConfig
 
 
 def main() -> None:

@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 
 from crab.core.errors import InputError
-from crab.physics.montecarlo import MonteCarloConfig, MonteCarloSimulator, simulate, simulate_hits, simulate_to_file
-from crab.physics.response import J_PER_KEV
-from crab.io.tod import EventTable, read_tod
+from crab.io.montecarlo_file import simulate_to_file
+from crab.io.tod import read_tod
+from crab.physics.events import EventTable
+from crab.physics.montecarlo import MonteCarloSimulator, simulate, simulate_hits
+from crab.physics.montecarlo_config import MonteCarloConfig
+from crab.physics.tes import J_PER_KEV
 
 FS = 19.0
 

@@ -13,15 +13,9 @@ import scipy.linalg
 import scipy.signal
 
 from crab.core.errors import InputError
-from crab.physics.response import (
-    J_PER_KEV,
-    Decimator,
-    TESModel,
-    TESParams,
-    WaferPath,
-    WaferThermalParams,
-    antialias_sos,
-)
+from crab.physics.decimation import Decimator, antialias_sos
+from crab.physics.tes import J_PER_KEV, TESModel, TESParams
+from crab.physics.wafer_thermal import WaferPath, WaferThermalParams
 
 DT = 1.0 / 20007.0
 
@@ -241,12 +235,12 @@ def test_bad_tes_parameters():
 
 
 def test_linearised_tail_matches_full_nonlinear_integration(tes, monkeypatch):
-    import crab.physics.response as response
+    import crab.physics.tes as tes_module
 
     times = [np.array([0.3 * DT]), np.array([0.7 * DT, 0.7 * DT + 0.02])]
     energies = [np.array([2.0]) * J_PER_KEV, np.array([60.0, 5.0]) * J_PER_KEV]
     fast = tes.integrate_clusters(times, energies, DT)
-    monkeypatch.setattr(response, "LINEAR_TAIL_EPS", 0.0)  # never switch: nonlinear to the end
+    monkeypatch.setattr(tes_module, "LINEAR_TAIL_EPS", 0.0)  # never switch: nonlinear to the end
     full = tes.integrate_clusters(times, energies, DT)
     for (ja, a), (jb, b) in zip(fast, full):
         n = min(a.size, b.size)

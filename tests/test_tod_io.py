@@ -8,17 +8,14 @@ import pytest
 
 from crab.core.errors import FileFormatError, InputError
 from crab.io.tod import (
-    EVENT_KIND_DIRECT,
-    EVENT_KIND_WAFER,
-    EventTable,
     TodMetadata,
     TodWriter,
-    default_detector_names,
     iter_tod_chunks,
     read_metadata,
     read_tod,
     write_tod,
 )
+from crab.physics.events import EVENT_KIND_DIRECT, EVENT_KIND_WAFER, EventTable, default_detector_names
 
 
 def _meta(n=2, **kw):
@@ -115,6 +112,29 @@ def test_nan_and_inconsistent_metadata_detected(tmp_path):
         h.attrs["detectors"] = json.dumps(["a", "b", "c"])
     with pytest.raises(FileFormatError, match="3 detector names"):
         read_tod(tmp_path / "ok.h5")
+
+
+def test_format_and_version_are_checked(tmp_path):
+    write_tod(tmp_path / "ok.h5", np.zeros((2, 10), np.float32), _meta())
+    with h5py.File(tmp_path / "ok.h5", "r") as h:
+        assert h.attrs["format"] == "crab-tod" and h.attrs["format_version"] == 1
+    with h5py.File(tmp_path / "ok.h5", "a") as h:
+        h.attrs["format_version"] = 99
+    with pytest.raises(FileFormatError, match="CRAB TOD format version 99 .* reads version 1"):
+        read_tod(tmp_path / "ok.h5")
+    with h5py.File(tmp_path / "ok.h5", "a") as h:
+        h.attrs["format"] = "crab-model"
+    with pytest.raises(FileFormatError, match="not a CRAB TOD file"):
+        read_metadata(tmp_path / "ok.h5")
+
+
+def test_writer_refuses_existing_file_and_missing_folder(tmp_path):
+    write_tod(tmp_path / "ok.h5", np.zeros((2, 10), np.float32), _meta())
+    with pytest.raises(InputError, match="exists"):
+        TodWriter(tmp_path / "ok.h5", _meta(), overwrite=False)
+    with pytest.raises(InputError, match="does not exist"):
+        TodWriter(tmp_path / "nodir" / "x.h5", _meta())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.h5"]
 
 
 def test_metadata_validation():

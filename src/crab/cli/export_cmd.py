@@ -37,6 +37,7 @@ def export(input_file: Path, output_file: Path | None, in_place: bool, conversio
       crab export big_mpi_run.h5 --in-place
     """
     from crab.core.errors import InputError
+    from crab.core.paths import check_output_file
     from crab.io.litebird_layout import export_tod, make_litebird_readable
 
     layout = {"bandcenter_ghz": bandcenter_ghz, "bandwidth_ghz": bandwidth_ghz}
@@ -50,7 +51,6 @@ def export(input_file: Path, output_file: Path | None, in_place: bool, conversio
         return
     if output_file is None:
         raise InputError("missing OUTPUT file (or pass --in-place to modify INPUT)")
-    if output_file.exists() and not overwrite:
-        raise InputError(f"output file {output_file} exists (pass --overwrite to replace it)")
+    check_output_file(output_file, overwrite=overwrite)
     export_tod(input_file, output_file, conversion_factor=conversion_factor, units=units, overwrite=overwrite, **layout)
     click.echo(f"wrote {output_file}")

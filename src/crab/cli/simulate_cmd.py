@@ -14,7 +14,7 @@ from crab.cli.options import DURATION, DURATION_OR_ZERO, positive_float, positiv
 
 def _load_config(path: str | None):
     """A MonteCarloConfig from a JSON file or from the ``config`` of an existing TOD file."""
-    from crab.physics.montecarlo import MonteCarloConfig
+    from crab.physics.montecarlo_config import MonteCarloConfig
 
     if path is None:
         return MonteCarloConfig()
@@ -61,7 +61,9 @@ def simulate(duration, detectors, sampling_rate, phi, seed, out, shield_g_cm2, i
     """
     import dataclasses
 
-    from crab.physics.montecarlo import MonteCarloSimulator, simulate_to_file
+    from crab.core.paths import check_output_file
+    from crab.io.montecarlo_file import simulate_to_file
+    from crab.physics.montecarlo import MonteCarloSimulator
 
     cfg = _load_config(config_path)
     if detectors is not None:
@@ -78,11 +80,7 @@ def simulate(duration, detectors, sampling_rate, phi, seed, out, shield_g_cm2, i
         cfg.wafer = dataclasses.replace(cfg.wafer, side_mm=wafer_side_mm)
     if no_noise:
         cfg.add_noise = False
-    out_path = Path(out)
-    if out_path.exists() and not overwrite:
-        raise InputError(f"output file {out_path} exists; pass --overwrite to replace it")
-    if not out_path.parent.exists():
-        raise InputError(f"output folder {out_path.parent} does not exist")
+    out_path = check_output_file(out, overwrite=overwrite)
     MonteCarloSimulator(cfg, seed)  # validates everything before any output is created
     t0 = time.perf_counter()
     path = simulate_to_file(cfg, duration, seed, out_path, chunk_s=chunk, progress=not no_progress, overwrite=overwrite)

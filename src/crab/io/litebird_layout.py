@@ -57,8 +57,9 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 
-from crab.io import tod as tod_io
 from crab.core.errors import FileFormatError, InputError
+from crab.core.provenance import to_jsonable
+from crab.io import tod as tod_io
 
 #: Member names of ``litebird_sim.Units`` (0.18), accepted as ``units``.
 LITEBIRD_UNITS = ("K_CMB", "mK_CMB", "uK_CMB", "K_RJ", "mK_RJ", "uK_RJ", "MJy_over_sr", "Jy_over_sr", "ADU", "Pure")
@@ -160,7 +161,7 @@ def add_litebird_layout(
     a["start_time"] = float(meta.start_time_s)
     a["mjd_time"] = False
     a["sampling_rate_hz"] = float(meta.sampling_rate_hz)
-    a["detectors"] = json.dumps(info, default=tod_io._json_default)
+    a["detectors"] = json.dumps(to_jsonable(info))
     a["description"] = description
     a["units"] = units
     for i in range(n_det):

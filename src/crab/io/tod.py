@@ -5,7 +5,7 @@ Layout (one file, litebird_sim-like where it does not conflict)::
     /tod                      float32 (n_detectors, n_samples), chunked
         attrs: units               e.g. "pW" (absorbed-power equivalent)
     / (root attributes)
-        format                 "crab-tod"
+        format                 "crab-tod" (checked on reading when present)
         format_version         integer, see FORMAT_VERSION
         sampling_rate_hz       float
         start_time_s           float, time of sample 0 (s)
@@ -45,12 +45,15 @@ import numpy as np
 
 from crab import __version__
 from crab.core.errors import FileFormatError, InputError
+from crab.core.formats import check_format, format_record
+from crab.core.paths import check_output_file
+from crab.core.provenance import to_jsonable
 from crab.physics.events import (  # noqa: F401  (re-exported: the file layer writes what physics defines)
+    _EVENT_COLUMNS,
     EVENT_KIND_DIRECT,
     EVENT_KIND_LABELS,
     EVENT_KIND_WAFER,
     EventTable,
-    _EVENT_COLUMNS,
     default_detector_names,
 )
 
@@ -116,17 +119,17 @@ class TodMetadata:
 def write_root_attrs(f: h5py.File, meta: TodMetadata) -> None:
     """Write the root attributes of the layout (see module docstring) and the units of ``/tod``, if present."""
     a = f.attrs
-    a["format"] = FORMAT_NAME
-    a["format_version"] = FORMAT_VERSION
+    for key, value in format_record(FORMAT_NAME, FORMAT_VERSION).items():
+        a[key] = value
     a["sampling_rate_hz"] = meta.sampling_rate_hz
     a["start_time_s"] = meta.start_time_s
     a["start_time"] = meta.start_time_s
     a["units"] = meta.units
     a["detectors"] = json.dumps(meta.detectors)
     a["kind"] = meta.kind
-    a["config"] = json.dumps(meta.config, sort_keys=True, default=_json_default)
+    a["config"] = json.dumps(to_jsonable(meta.config), sort_keys=True)
     a["seed"] = -1 if meta.seed is None else int(meta.seed)
-    a["crab_version"] = meta.crab_version
+    a["crab_version"] = meta.crab_version  # the version that made the data (kept when a file is copied)
     a["description"] = meta.description
     if "tod" in f:
         f["tod"].attrs["units"] = meta.units
@@ -169,11 +172,7 @@ class TodWriter:
         compression: str | None = None,
         overwrite: bool = True,
     ) -> None:
-        self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise InputError(f"output file {self.path} exists (pass overwrite to replace it)")
-        if not self.path.parent.exists():
-            raise InputError(f"output folder {self.path.parent} does not exist")
+        self.path = check_output_file(path, overwrite=overwrite, option="overwrite=True")
         self.meta = meta
         self.n_samples_expected = n_samples
         self._tmp = _temporary_path(self.path)
@@ -266,18 +265,6 @@ def write_tod(path: str | os.PathLike, tod: np.ndarray, meta: TodMetadata, event
     return Path(path)
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
 # --------------------------------------------------------------------------- reading
 @dataclass
 class TodFile:
@@ -327,6 +314,9 @@ def _read_meta(f: h5py.File, path: Path) -> TodMetadata:
         raise FileFormatError(f"{path}: dataset 'tod' must be 2-D (n_detectors, n_samples), has shape {ds.shape}")
     if ds.dtype != np.float32:
         raise FileFormatError(f"{path}: dataset 'tod' must be float32, is {ds.dtype}")
+    if "format" in a:  # files without one (litebird_sim's) are read by their layout alone
+        record = {k: (a[k].decode() if isinstance(a[k], bytes) else a[k]) for k in ("format", "format_version", "crab_version") if k in a}
+        check_format(record, name=FORMAT_NAME, version=FORMAT_VERSION, where=path, what="CRAB TOD", remedy="write it again with this version", error=FileFormatError)
     try:
         detectors = json.loads(_attr_str(a, "detectors", path))
         config = json.loads(_attr_str(a, "config", path)) if "config" in a else {}

@@ -56,8 +56,8 @@ import scipy.optimize
 import scipy.stats
 
 from crab.core.errors import InputError
-from crab.physics.spectra import Primaries
 from crab.physics.events import EVENT_KIND_DIRECT, EVENT_KIND_WAFER, EventTable
+from crab.physics.spectra import Primaries
 from crab.physics.transport import (
     ELECTRON_MASS_MEV,
     K_BETHE_MEV_CM2_MOL,

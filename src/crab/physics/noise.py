@@ -36,6 +36,7 @@ import scipy.optimize
 import scipy.signal
 
 from crab.core import rng
+from crab.core.stats import robust_sigma
 
 
 @dataclass(frozen=True)
@@ -332,8 +333,6 @@ def clip_glitches(tod: np.ndarray, sampling_rate_hz: float, clip_sigma: float = 
     represent; glitches and their pile-up are the generators' business.
     """
     import scipy.ndimage
-
-    from crab.core.stats import robust_sigma
 
     rows = np.atleast_2d(np.asarray(tod, dtype=np.float64))
     width = max(3, int(baseline_s * sampling_rate_hz) | 1)

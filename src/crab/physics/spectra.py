@@ -36,7 +36,7 @@ approximation (Gleeson & Axford 1968) with ``Phi = (Z/A) phi``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np

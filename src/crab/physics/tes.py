@@ -1,13 +1,10 @@
-"""Thermal-electric response of TES bolometers on a wafer, anti-aliasing and decimation.
+"""The TES bolometer: its electro-thermal equations and the nonlinear response to direct hits.
 
-Stage 4 of the physics Monte Carlo (see ``docs/design.md``).
-
-Consumes
-    hits (time, energy, detector or wafer) and :class:`TESParams`,
-    :class:`WaferThermalParams`.
-Produces
-    the detector signal in pW of absorbed-power equivalent at the internal
-    rate, then low-passed and decimated to the sampling rate.
+Stage 4a of the physics Monte Carlo (see ``docs/design.md``): a *direct* hit
+(energy deposited in a detector's absorber) becomes a pulse in pW of
+absorbed-power equivalent at the internal rate.  The wafer path is in
+:mod:`crab.physics.wafer_thermal`, the anti-alias filter and decimation in
+:mod:`crab.physics.decimation`.
 
 The TES
 -------
@@ -36,48 +33,29 @@ small-signal DC responsivity: ``P_eq = (I - I0) / s_I(0)``; it is exact for
 small signals, and large deposits show the real nonlinearity (saturation at
 the normal resistance, longer pulses) as deviations from a scaled template.
 
-Direct and wafer hits
----------------------
-- A *direct* hit deposits its energy in the detector's absorber, taken as
-  instantaneously thermalised with the TES: ``T`` jumps so that the
-  enthalpy ``int C dT`` grows by the deposit.  The full nonlinear equations
-  are integrated from the operating point with a fixed-step classical
-  Runge-Kutta (RK4) scheme, in sub-steps of at most a quarter of the
-  shortest time constant (the electrical one, ~0.05-0.1 ms: about 100 kHz),
-  recorded at the internal rate (~20 kHz), vectorised over a batch of
-  *clusters* (hits on one detector close enough in time to pile up are
-  integrated together; sub-sample hit times are honoured by splitting the
-  step).  Once a cluster's state is back within 1e-4 of the operating point
-  (relative to the transition width and to I0) it is carried on by the exact
-  propagator of the linearised equations (neglected terms below 1e-6 of the
-  peak), until its signal stays below ``relax_tol_pw``.  The result depends
-  only on the cluster, not on the batch it was computed in.  A cluster is a
-  run of hits on one detector each arriving before the previous pulse has
-  relaxed (pile-up in the nonlinear TES, see :mod:`crab.physics.montecarlo`).
-- A *wafer* hit heats the wafer (heat capacity ``C_w``, link to the heat sink
-  with time constant ``tau_wafer_s``); the wafer reaches every TES on it
-  through a second, slower stage (the frame under the TES legs, time
-  constant ``tau_link_s``), whose temperature is the TES bath.  This path is
-  linear: the 4-state system (wafer, link, TES temperature, TES current),
-  linearised at the operating point, is diagonalised once and each of its
-  modes is an exact one-pole recursive filter driven by the hits at their
-  exact (sub-sample) times.  The response is common to all detectors.
+Direct hits
+-----------
+A direct hit deposits its energy in the detector's absorber, taken as
+instantaneously thermalised with the TES: ``T`` jumps so that the enthalpy
+``int C dT`` grows by the deposit.  The full nonlinear equations are
+integrated from the operating point with a fixed-step classical Runge-Kutta
+(RK4) scheme, in sub-steps of at most a quarter of the shortest time constant
+(the electrical one, ~0.05-0.1 ms: about 100 kHz), recorded at the internal
+rate (~20 kHz), vectorised over a batch of *clusters* (hits on one detector
+close enough in time to pile up are integrated together; sub-sample hit
+times are honoured by splitting the step).  Once a cluster's state is back
+within 1e-4 of the operating point (relative to the transition width and to
+I0) it is carried on by the exact propagator of the linearised equations
+(neglected terms below 1e-6 of the peak), until its signal stays below
+``relax_tol_pw``.  The result depends only on the cluster, not on the batch
+it was computed in.  A cluster is a run of hits on one detector each
+arriving before the previous pulse has relaxed (pile-up in the nonlinear
+TES, see :mod:`crab.physics.montecarlo`).
 
 Approximations: the absorber thermalises instantly with the TES (no
-absorber-TES link, no athermal phonons); the wafer path is linear (small
-wafer excursions: microkelvins for the largest hits); the two paths are
-superposed (cross-terms between a wafer excursion and a simultaneous direct
-hit are neglected); a direct hit does not heat the wafer (the absorber sits on
-a membrane); the TES parameters are the same for every detector; the bias
-voltage is ideal and the readout (SQUID, multiplexing) is not modelled.
-
-Anti-aliasing and decimation
-----------------------------
-A causal Bessel low-pass (nearly linear phase, DC gain exactly 1; its
-impulse response has a ~2 % negative lobe, so a large glitch is followed by
-a small undershoot, as in a real readout chain) at the internal rate, then
-one sample in ``M`` is kept (output sample ``k`` is internal sample ``k M``).  Filter states are carried from one segment to the next, so a
-series computed in pieces is identical to the series computed at once.
+absorber-TES link, no athermal phonons); the TES parameters are the same for
+every detector; the bias voltage is ideal and the readout (SQUID,
+multiplexing) is not modelled.
 """
 
 from __future__ import annotations
@@ -87,7 +65,6 @@ from typing import Sequence
 
 import numpy as np
 import scipy.linalg
-import scipy.signal
 
 from crab.core.errors import InputError
 
@@ -166,32 +143,6 @@ class TESParams:
         if self.r_shunt_ohm < 0 or self.beta_i < 0 or self.c_exponent < 0:
             raise InputError("TESParams.r_shunt_ohm, beta_i and c_exponent must be >= 0")
 
-
-@dataclass
-class WaferThermalParams:
-    """Thermal model of the wafer seen by its detectors.
-
-    Attributes
-    ----------
-    heat_capacity_nj_per_k : float
-        Heat capacity of the wafer and what is bonded to it (nJ/K).
-    tau_wafer_s : float
-        Time constant of the wafer's link to the heat sink (s): ``C_w / G_w``.
-    tau_link_s : float
-        Time constant of the second stage, from the wafer to the frame under
-        the TES legs (the TES bath) (s); it sets the rise of wafer glitches.
-    """
-
-    heat_capacity_nj_per_k: float = 20.0
-    tau_wafer_s: float = 0.3
-    tau_link_s: float = 0.03
-
-    def __post_init__(self) -> None:
-        for name, v in asdict(self).items():
-            if not (np.isfinite(v) and v > 0):
-                raise InputError(f"WaferThermalParams.{name} must be a positive number, got {v!r}")
-        if abs(self.tau_wafer_s - self.tau_link_s) < 0.01 * self.tau_wafer_s:
-            raise InputError("tau_wafer_s and tau_link_s must differ by more than 1 %")
 
 
 # --------------------------------------------------------------------------- the TES model
@@ -613,132 +564,3 @@ class TESModel:
             t, i = self.rk4_step(t, i, hs)
         return t, i
 
-
-# --------------------------------------------------------------------------- the wafer path
-class WaferPath:
-    """Linear response of every TES of a wafer to hits on the wafer (pW-equivalent).
-
-    The state ``(dT_wafer, dT_link, dT_tes, dI_tes)`` obeys ``x' = A x`` with
-    ``A`` from the wafer time constants and the TES Jacobian; a hit of energy
-    ``E`` raises ``dT_wafer`` by ``E / C_w``.  ``A`` is diagonalised once and
-    each mode ``j`` (rate ``lambda_j``, residue ``r_j`` on ``P_eq``) is an exact
-    one-pole filter ``y[n] = exp(lambda_j dt) y[n-1] + x[n]`` driven by
-    ``E r_j exp(lambda_j (n dt - t_hit))`` at the first sample ``n`` at or after
-    the hit.  Filter states persist between calls.
-
-    Parameters
-    ----------
-    tes : TESModel
-    wafer : WaferThermalParams
-    dt_s : float
-        Internal sample spacing (s).
-    """
-
-    def __init__(self, tes: TESModel, wafer: WaferThermalParams, dt_s: float) -> None:
-        self.dt = float(dt_s)
-        c_w = wafer.heat_capacity_nj_per_k * 1e-9
-        a = np.zeros((4, 4))
-        a[0, 0] = -1.0 / wafer.tau_wafer_s
-        a[1, 0] = 1.0 / wafer.tau_link_s
-        a[1, 1] = -1.0 / wafer.tau_link_s
-        a[2:, 2:] = tes.jacobian
-        a[2, 1] = tes.g_bath / tes.c0
-        self.matrix = a
-        w, v = np.linalg.eig(a)
-        b = np.array([1.0 / c_w, 0.0, 0.0, 0.0])
-        c = np.array([0.0, 0.0, 0.0, 1.0 / tes.s_i / W_PER_PW])
-        coef = np.linalg.solve(v, b)
-        res = (c @ v) * coef  # pW per joule, per mode
-        self.complex = bool(np.any(np.abs(w.imag) > 0))
-        order = np.argsort(-w.real)
-        self.rates = w[order] if self.complex else w.real[order]
-        self.residues = res[order] if self.complex else res.real[order]
-        self.poles = np.exp(self.rates * self.dt)
-        dtype = np.complex128 if self.complex else np.float64
-        self._zi = [np.zeros(1, dtype=dtype) for _ in self.rates]
-        #: DC gain: pW-equivalent per W of steady wafer heating.
-        self.dc_pw_per_w = float(np.real(-c @ np.linalg.solve(a, b)))
-
-    def impulse_response_pw(self, t_s: np.ndarray, energy_j: float = 1.0) -> np.ndarray:
-        """Continuous response (pW) to a wafer hit of ``energy_j`` at t = 0."""
-        t_s = np.asarray(t_s, dtype=np.float64)
-        y = (self.residues[None, :] * np.exp(np.outer(t_s, self.rates))).sum(axis=1)
-        return np.where(t_s >= 0, np.real(y) * energy_j, 0.0)
-
-    def process(self, n_samples: int, sample_index: np.ndarray, phase_s: np.ndarray, energies_j: np.ndarray) -> np.ndarray:
-        """Signal (pW) at the next ``n_samples`` internal samples.
-
-        Parameters
-        ----------
-        n_samples : int
-            Length of this segment (internal samples).
-        sample_index : ndarray of int
-            For each hit, the index within this segment of the first sample at
-            or after it.
-        phase_s : ndarray
-            ``sample time - hit time`` (s, in [0, dt)).
-        energies_j : ndarray
-            Deposited energies (J).
-        """
-        dtype = np.complex128 if self.complex else np.float64
-        out = np.zeros(n_samples)
-        idx = np.asarray(sample_index, dtype=np.int64)
-        for k, (lam, r, a) in enumerate(zip(self.rates, self.residues, self.poles)):
-            x = np.zeros(n_samples, dtype=dtype)
-            if idx.size:
-                np.add.at(x, idx, energies_j * r * np.exp(lam * phase_s))
-            y, self._zi[k] = scipy.signal.lfilter([1.0], [1.0, -a], x, zi=self._zi[k])
-            out += np.real(y)
-        return out
-
-
-# --------------------------------------------------------------------------- anti-alias + decimation
-def antialias_sos(internal_rate_hz: float, cutoff_hz: float, order: int = 6) -> np.ndarray:
-    """Causal Bessel low-pass (second-order sections) with a DC gain of exactly 1."""
-    if not 0 < cutoff_hz < internal_rate_hz / 2:
-        raise InputError(f"anti-alias cut-off {cutoff_hz} Hz must be in (0, {internal_rate_hz / 2}) Hz")
-    sos = scipy.signal.bessel(order, cutoff_hz, btype="low", fs=internal_rate_hz, output="sos", norm="mag")
-    # normalise each section to unit DC gain
-    for s in sos:
-        s[:3] *= s[3:].sum() / s[:3].sum()
-    return sos
-
-
-class Decimator:
-    """Causal low-pass at the internal rate, then one sample in ``factor``, with state kept across calls.
-
-    Output sample ``k`` is the filtered internal sample ``k * factor`` (the
-    first sample of each call must be at a multiple of ``factor``; calls must
-    pass whole multiples of ``factor`` samples).
-
-    Parameters
-    ----------
-    sos : ndarray
-        Filter (see :func:`antialias_sos`).
-    factor : int
-        Decimation factor ``M`` (internal rate / output rate).
-    n_channels : int
-        Independent channels (rows) processed together.
-    """
-
-    def __init__(self, sos: np.ndarray, factor: int, n_channels: int = 1) -> None:
-        self.sos = sos
-        self.factor = int(factor)
-        self.zi = np.zeros((sos.shape[0], n_channels, 2))
-
-    def reset(self, value: float | np.ndarray = 0.0) -> None:
-        """Set the state to the steady state of a constant input ``value`` (per channel)."""
-        zi1 = scipy.signal.sosfilt_zi(self.sos)  # (n_sections, 2) for a unit step
-        v = np.broadcast_to(np.asarray(value, dtype=np.float64), (self.zi.shape[1],))
-        self.zi = zi1[:, None, :] * v[None, :, None]
-
-    def process(self, x: np.ndarray) -> np.ndarray:
-        """Filter ``x`` (n_channels, n) or (n,) and return every ``factor``-th sample."""
-        x = np.asarray(x, dtype=np.float64)
-        one = x.ndim == 1
-        x2 = x[None, :] if one else x
-        if x2.shape[1] % self.factor:
-            raise ValueError(f"segment length {x2.shape[1]} is not a multiple of the decimation factor {self.factor}")
-        y, self.zi = scipy.signal.sosfilt(self.sos, x2, axis=-1, zi=self.zi)
-        y = y[:, :: self.factor]
-        return y[0] if one else y
