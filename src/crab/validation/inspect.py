@@ -18,8 +18,16 @@ from typing import Any
 import numpy as np
 
 from crab.core.errors import InputError
-from crab.io.tod import EVENT_KIND_DIRECT, EVENT_KIND_LABELS, EVENT_KIND_WAFER, EventTable, iter_tod_chunks, read_metadata, read_tod
 from crab.core.units import format_duration
+from crab.io.tod import (
+    EVENT_KIND_DIRECT,
+    EVENT_KIND_LABELS,
+    EVENT_KIND_WAFER,
+    EventTable,
+    iter_tod_chunks,
+    read_metadata,
+    read_tod,
+)
 
 
 def species_names(config: dict[str, Any] | None) -> dict[int, str]:
