@@ -23,7 +23,7 @@ def as_tod(obj: Any, what: str) -> TodFile:
 
 
 def tod_from_array(tod: np.ndarray, sampling_rate_hz: float, detectors: list[str] | None = None, kind: str = "array", config: dict | None = None, name: str = "<array>") -> TodFile:
-    """Wrap an in-memory (n_detectors, n_samples) array as a :class:`TodFile` for :func:`validate`."""
+    """Wrap an in-memory (n_detectors, n_samples) array as a :class:`TodFile` for :func:`crab.validation.validate.validate`."""
     a = np.atleast_2d(np.asarray(tod, dtype=np.float32))
     meta = TodMetadata(sampling_rate_hz=sampling_rate_hz, detectors=detectors or default_detector_names(a.shape[0]), kind=kind, config=config or {})
     return TodFile(tod=a, meta=meta, events=None, path=Path(name))

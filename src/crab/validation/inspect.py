@@ -168,6 +168,7 @@ def format_summary(s: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- plots
+# matplotlib is imported in the plotting functions: it is heavy and only the plots need it
 def _species_colors(zs: list[int]) -> dict[int, Any]:
     import matplotlib
 

@@ -248,6 +248,8 @@ def _write(points: list[PhiPoint], out: Path, model, seed: int, trained: list[fl
 
 
 def _plot(points: list[PhiPoint], path: Path) -> None:
+    """Plot every quantity against phi, Monte Carlo and model, into ``path`` (PNG)."""
+    # matplotlib is imported on use: it is heavy and only the plot needs it
     import matplotlib
 
     matplotlib.use("Agg", force=False)
