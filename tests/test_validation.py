@@ -18,7 +18,7 @@ import pytest
 
 from crab.core.errors import FileFormatError, InputError
 from crab.io.tod import TodMetadata, default_detector_names, write_tod
-from crab.validation.validate import ValidationConfig, check_compatible, seam_period, tod_from_array, validate
+from crab.validation import ValidationConfig, check_compatible, seam_period, tod_from_array, validate
 
 FS = 19.0
 N = int(FS * 1800)
@@ -227,3 +227,25 @@ def test_seam_period_lookup():
     # windows joined by a cross-fade (the paper's generator), generation started at sample 10
     paper = {"start_sample": 10, "generation": {"tile_samples": 16320, "window_samples": 256, "overlap_samples": 64}}
     assert seam_period(TodMetadata(sampling_rate_hz=FS, detectors=["a"], config=paper), cfg)[:2] == (192, (32 - 10) % 192)
+
+
+def test_check_output_dir(tmp_path):
+    """The one output-folder check (validate and validate-phi): a folder is replaced only if CRAB wrote it."""
+    from crab.core.paths import check_output_dir
+
+    assert check_output_dir(tmp_path / "new", overwrite=False, marker="metrics.json") == tmp_path / "new"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    check_output_dir(empty, overwrite=False, marker="metrics.json")
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "metrics.json").write_text("{}")
+    check_output_dir(report, overwrite=True, marker="metrics.json")
+    with pytest.raises(InputError, match="pass overwrite"):
+        check_output_dir(report, overwrite=False, marker="metrics.json")
+    with pytest.raises(InputError, match="does not hold phi.json"):
+        check_output_dir(report, overwrite=True, marker="phi.json")
+    with pytest.raises(InputError, match="not a folder"):
+        check_output_dir(report / "metrics.json", overwrite=True, marker="metrics.json")
+    with pytest.raises(InputError, match="parent folder"):
+        check_output_dir(tmp_path / "missing" / "out", overwrite=True, marker="metrics.json")

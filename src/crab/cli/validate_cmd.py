@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from crab.core.errors import InputError
 from crab.cli.options import positive_float, positive_int
+from crab.core.errors import InputError
 
 
 def _parse_synthetic(values: tuple[str, ...]) -> dict[str, str]:
@@ -67,9 +67,10 @@ def validate(reference, synthetic, training, out_dir, seed, window_samples, bloc
       crab validate --reference mc_heldout.h5 --synthetic gan=gen.h5 \\
           --synthetic template=template.h5 --training mc_train.h5 --out report/
     """
+    # the stage is imported on use, so that `crab --help` and the other commands stay fast
     from crab.analysis.glitches import GlitchDetectorConfig
-    from crab.validation.validate import ValidationConfig
-    from crab.validation.validate import validate as run_validation
+    from crab.validation import ValidationConfig
+    from crab.validation import validate as run_validation
 
     cfg = ValidationConfig(
         window_samples=window_samples,

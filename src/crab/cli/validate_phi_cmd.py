@@ -25,8 +25,9 @@ def validate_phi(model_path, references, out_dir, seed, duration_factor, allow_e
     Example:
       crab validate-phi --model phi_model -r mc_phi0.6.h5 -r mc_phi1.0.h5 -o phi_report
     """
+    # the stage is imported on use, so that `crab --help` and the other commands stay fast
     from crab.generation import load_generation_model
-    from crab.validation.phi import validate_phi as run
+    from crab.validation import validate_phi as run
 
     model = load_generation_model(model_path, method="gan")
     points = run(model, list(references), out_dir, seed=seed, duration_factor=duration_factor, allow_extrapolation=allow_extrapolation, plots=not no_plots)

@@ -1,4 +1,8 @@
-"""Checks of output paths, the one home of "exists / folder missing" (every writer calls these)."""
+"""Checks of output paths, the one home of "exists / folder missing" (every writer calls these).
+
+:func:`check_output_file` for one file, :func:`check_parent_folder` for the folder that will
+hold it, :func:`check_output_dir` for a folder of outputs that a later run may replace.
+"""
 
 from __future__ import annotations
 
@@ -33,3 +37,27 @@ def check_parent_folder(path: str | os.PathLike) -> Path:
     if not parent.is_dir():
         raise InputError(f"{parent} is not a folder")
     return p
+
+
+def check_output_dir(path: str | os.PathLike, *, overwrite: bool, marker: str) -> Path:
+    """Check that a folder of outputs may be written (or replaced) at ``path``; return it as a :class:`Path`.
+
+    An empty or missing folder is accepted.  A non-empty one is accepted only
+    if ``overwrite`` is true and it holds ``marker``, a file whose presence
+    says that CRAB wrote the folder (e.g. ``metrics.json`` of a validation
+    report): a folder of other files is never replaced.  Raises
+    :class:`InputError` otherwise, if ``path`` is a file, or if the folder
+    that will hold it does not exist.
+    """
+    out = Path(path)
+    if out.exists():
+        if not out.is_dir():
+            raise InputError(f"output {out} exists and is not a folder")
+        contents = list(out.iterdir())
+        if contents and not overwrite:
+            raise InputError(f"output folder {out} exists (pass overwrite to replace it)")
+        if contents and not (out / marker).exists():
+            raise InputError(f"output folder {out} exists and does not hold {marker} (a previous CRAB output); refusing to replace it")
+    if not out.parent.exists():
+        raise InputError(f"parent folder of {out} does not exist")
+    return out

@@ -18,8 +18,16 @@ from typing import Any
 import numpy as np
 
 from crab.core.errors import InputError
-from crab.io.tod import EVENT_KIND_DIRECT, EVENT_KIND_LABELS, EVENT_KIND_WAFER, EventTable, iter_tod_chunks, read_metadata, read_tod
 from crab.core.units import format_duration
+from crab.io.tod import (
+    EVENT_KIND_DIRECT,
+    EVENT_KIND_LABELS,
+    EVENT_KIND_WAFER,
+    EventTable,
+    iter_tod_chunks,
+    read_metadata,
+    read_tod,
+)
 
 
 def species_names(config: dict[str, Any] | None) -> dict[int, str]:
@@ -160,6 +168,7 @@ def format_summary(s: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- plots
+# matplotlib is imported in the plotting functions: it is heavy and only the plots need it
 def _species_colors(zs: list[int]) -> dict[int, Any]:
     import matplotlib
 

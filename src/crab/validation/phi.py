@@ -3,13 +3,13 @@
 For every reference Monte Carlo file (each made at one ``phi_gv``, recorded
 in its configuration), :func:`validate_phi` generates TOD of the same length
 and detector count with the model at that ``phi``, and compares, with the
-same glitch detector as :mod:`crab.validation.validate`:
+same glitch detector as :func:`crab.validation.validate.validate`:
 
 - the glitch rate per detector-hour (Poisson errors, inflated by the
   dispersion of the per-block counts);
 - the amplitude distribution: median amplitude and the ``sqrt(n_eff) x KS``
   statistic of ln(amplitude), with its 2-sigma threshold from random
-  re-splits of the reference (as :mod:`crab.validation.validate`);
+  re-splits of the reference (as :mod:`crab.validation.distribution_metrics`);
 - the rate of coincidences (glitches within the coincidence window on >= 2
   detectors of a wafer) per hour;
 - the mean correlation of the TOD of detector pairs of a wafer.
@@ -32,10 +32,19 @@ from typing import Any, Sequence
 import numpy as np
 
 from crab import __version__
-from crab.validation import metrics as M
 from crab.core.errors import InputError
+from crab.core.paths import check_output_dir
 from crab.core.provenance import to_jsonable, write_json
+from crab.generation import TodGenerator
 from crab.io.tod import read_tod
+from crab.validation import metrics as M
+from crab.validation.config import ValidationConfig
+from crab.validation.distribution_metrics import stat_amplitude
+from crab.validation.floor import null_distribution, null_masks
+from crab.validation.set_analysis import analyse
+
+#: The file whose presence says that a folder holds a previous phi report (and may be written into).
+PHI_REPORT_MARKER = "phi.json"
 
 __all__ = ["PhiPoint", "validate_phi", "trained_phis"]
 
@@ -134,7 +143,8 @@ def validate_phi(
         ``crab simulate`` files; each records its ``phi_gv``.  Use files the
         model was not trained on (another seed), some at a ``phi`` it never saw.
     out_dir : path-like, optional
-        Where ``phi.json``, ``phi.md`` and ``phi.png`` go (nothing written if None).
+        Where ``phi.json``, ``phi.md`` and ``phi.png`` go (nothing written if None): a
+        new or empty folder, or one holding a previous ``phi.json``, in an existing folder.
     seed : int
         Generation seed (the same for every ``phi``).
     duration_factor : float
@@ -142,19 +152,18 @@ def validate_phi(
     allow_extrapolation : bool
         Accept a reference ``phi`` outside the trained range.
     validation_config : ValidationConfig, optional
-        Glitch detector and block length (default: :class:`crab.validation.validate.ValidationConfig`).
+        Glitch detector and block length (default: :class:`crab.validation.config.ValidationConfig`).
     plots : bool
         Write ``phi.png``.
     """
-    from crab.generation import TodGenerator
-    from crab.validation.validate import ValidationConfig, _null, analyse, null_masks, stat_amplitude
-
     if list(getattr(model, "cond_names", []) or []) != ["phi_gv"]:
         raise InputError(f"the model is conditioned on {list(getattr(model, 'cond_names', []) or [])}, not on ['phi_gv']: train it with --condition phi")
     if not references:
         raise InputError("give at least one reference Monte Carlo file (--reference)")
     if not duration_factor > 0:
         raise InputError(f"duration_factor must be > 0, got {duration_factor}")
+    if out_dir is not None:
+        check_output_dir(out_dir, overwrite=True, marker=PHI_REPORT_MARKER)
     cfg = validation_config or ValidationConfig()
     fs = float(model.sampling_rate_hz)
     trained = trained_phis(model)
@@ -174,7 +183,7 @@ def validate_phi(
         names = gen.detector_names(n_det) if gen.source.rows > 1 else list(ref.meta.detectors)  # joint model: its wafers
         ref_an = analyse(ref.tod, fs, list(ref.meta.detectors), cfg, name=f"MC phi={phi:g}")
         syn_an = analyse(syn, fs, names, cfg, scale_sigma=float(np.median(ref_an.sigma)), name=f"model phi={phi:g}")
-        thr, _, _ = M.null_threshold(_null(stat_amplitude, ref_an, null_masks(cfg, ref_an.n_blocks)), cfg.n_sigma_target)
+        thr, _, _ = M.null_threshold(null_distribution(stat_amplitude, ref_an, null_masks(cfg, ref_an.n_blocks)), cfg.n_sigma_target)
         ks, q = stat_amplitude(ref_an, np.ones(ref_an.n_blocks, bool), syn_an, np.ones(syn_an.n_blocks, bool))
         a, b = _summarise(ref_an), _summarise(syn_an)
         points.append(
@@ -215,7 +224,7 @@ def _table(points: list[PhiPoint]) -> str:
 
 
 def _write(points: list[PhiPoint], out: Path, model, seed: int, trained: list[float], seconds: float, plots: bool) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(exist_ok=True)
     write_json(out / "phi.json", {"crab_version": __version__, "model": str(getattr(model, "path", None)), "seed": seed, "trained_phi_gv": trained,
                                   "cond_range": model.cond_range, "seconds": seconds, "points": [p.to_dict() for p in points]})
     md = [
@@ -239,6 +248,8 @@ def _write(points: list[PhiPoint], out: Path, model, seed: int, trained: list[fl
 
 
 def _plot(points: list[PhiPoint], path: Path) -> None:
+    """Plot every quantity against phi, Monte Carlo and model, into ``path`` (PNG)."""
+    # matplotlib is imported on use: it is heavy and only the plot needs it
     import matplotlib
 
     matplotlib.use("Agg", force=False)

@@ -1,6 +1,6 @@
 """The validation report: ``report.md`` (tables beside the floor) and PNG plots.
 
-Called by :func:`crab.validation.validate.write_outputs`; every number in the report
+Called by :func:`crab.validation.outputs.write_outputs`; every number in the report
 is also in ``metrics.json``.  Plots use matplotlib's Agg backend.
 """
 
@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import datetime as _dt
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from crab import __version__
-
-if TYPE_CHECKING:  # pragma: no cover
-    from crab.validation.validate import MetricResult, ValidationResult
+from crab.analysis.window_features import WINDOW_SUMMARY_NAMES
+from crab.core.provenance import atomic_write_bytes
+from crab.validation.results import MetricResult, ValidationResult
 
 _COLORS = ["tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:olive"]
 
@@ -46,7 +46,7 @@ def verdict(p: bool | None) -> str:
     return "n/a" if p is None else ("PASS" if p else "**FAIL**")
 
 
-def describe(m: "MetricResult") -> str:
+def describe(m: MetricResult) -> str:
     """The physical quantities behind a metric, in a few words."""
     q = m.quantities
     g = q.get
@@ -97,7 +97,7 @@ def describe(m: "MetricResult") -> str:
 
 
 # --------------------------------------------------------------------------- markdown
-def _training_context(result: "ValidationResult") -> list[str]:
+def _training_context(result: ValidationResult) -> list[str]:
     """The section on the training sample: the classifier test against the training MC beside the reference."""
     t = result.training
     ref_vs = t["classifier_auc_vs_reference"]
@@ -119,7 +119,7 @@ def _training_context(result: "ValidationResult") -> list[str]:
     return L
 
 
-def markdown(result: "ValidationResult", figures: list[Path] | None = None) -> str:
+def markdown(result: ValidationResult, figures: list[Path] | None = None) -> str:
     """The whole report as Markdown text."""
     cfg = result.config
     ref = result.reference
@@ -227,15 +227,15 @@ def markdown(result: "ValidationResult", figures: list[Path] | None = None) -> s
     return "\n".join(L)
 
 
-def write_markdown(result: "ValidationResult", path: Path, figures: list[Path] | None = None) -> Path:
-    from crab.core.provenance import atomic_write_bytes
-
+def write_markdown(result: ValidationResult, path: Path, figures: list[Path] | None = None) -> Path:
+    """Write :func:`markdown` of ``result`` to ``path`` atomically; returns ``path``."""
     return atomic_write_bytes(path, markdown(result, figures).encode())
 
 
 # --------------------------------------------------------------------------- plots
-def write_plots(result: "ValidationResult", out_dir: Path) -> list[Path]:
+def write_plots(result: ValidationResult, out_dir: Path) -> list[Path]:
     """Write the PNG plots into ``out_dir``; returns their paths."""
+    # matplotlib is imported on use: it is heavy and only the plots need it
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -363,10 +363,8 @@ def write_plots(result: "ValidationResult", out_dir: Path) -> list[Path]:
     save(fig, "noise")
 
     # per-window features
-    from crab.validation.metrics import FEATURE_NAMES
-
-    fig, axs = plt.subplots(1, len(FEATURE_NAMES), figsize=(18, 3.6))
-    for k, (ax_, fname) in enumerate(zip(axs, FEATURE_NAMES)):
+    fig, axs = plt.subplots(1, len(WINDOW_SUMMARY_NAMES), figsize=(18, 3.6))
+    for k, (ax_, fname) in enumerate(zip(axs, WINDOW_SUMMARY_NAMES)):
         vals = [ref.win_feats[:, k]] + [syn[n].win_feats[:, k] for n in names]
         allv = np.concatenate(vals)
         if fname == "n_glitches":

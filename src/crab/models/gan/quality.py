@@ -5,7 +5,7 @@ looks like the Monte Carlo.  After every epoch the trainer generates windows
 the way generation will (generator in eval mode, batch-norm statistics
 recalibrated, streaming latents with margins, central crop) and compares
 them with the real validation windows on glitch-sensitive features of each
-window:
+window (:func:`crab.analysis.window_features.glitch_sensitive_features`):
 
 ``max``, ``min``        highest and lowest sample (glitch height, undershoot)
 ``std``                 window RMS (glitch energy + noise)
@@ -22,51 +22,14 @@ distributions: each term in [0, 1], invariant to monotone changes of units
 few outliers.  Lower is better; the same statistic between two sets of real
 windows (:func:`quality_floor`) says what "indistinguishable" looks like
 with this many windows.  The full validation (classifier AUC, glitch rates,
-spectra) is :mod:`crab.validation.validate`'s job.
+spectra) is :mod:`crab.validation`'s job.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-#: Threshold (in robust noise sigma) of the glitch features.
-GLITCH_SIGMA = 5.0
-
-
-def window_features(windows: np.ndarray, noise_sigma: float) -> dict[str, np.ndarray]:
-    """Per-window features of ``windows`` (n, channels, samples) in TOD units.
-
-    ``noise_sigma`` is the global white-noise RMS (TOD units) of the training
-    data, the unit of the glitch thresholds.  Every channel is a window of its
-    own here.  Returns feature name -> array of n * channels values (``pooled``:
-    a subsample of all samples).
-    """
-    x = np.asarray(windows, dtype=np.float64)
-    x = x.reshape(-1, x.shape[-1])
-    med = np.median(x, axis=1, keepdims=True)
-    c = x - med
-    d = np.diff(x, axis=1)
-    noise = 1.4826 * np.median(np.abs(d - np.median(d, axis=1, keepdims=True)), axis=1) / np.sqrt(2.0)
-    hot = c > GLITCH_SIGMA * noise_sigma
-    n_glitch = np.sum(hot[:, 1:] & ~hot[:, :-1], axis=1) + hot[:, 0]
-    dc = d - d.mean(axis=1, keepdims=True)
-    kurt = np.mean(dc**4, axis=1) / np.maximum(np.mean(dc**2, axis=1) ** 2, 1e-300)
-    cc = c - c.mean(axis=1, keepdims=True)
-    lag1 = np.sum(cc[:, 1:] * cc[:, :-1], axis=1) / np.maximum(np.sum(cc * cc, axis=1), 1e-300)
-    pooled = c.reshape(-1)
-    if pooled.size > 200_000:
-        pooled = pooled[:: int(np.ceil(pooled.size / 200_000))]
-    return {
-        "max": c.max(axis=1),
-        "min": c.min(axis=1),
-        "std": c.std(axis=1),
-        "noise": noise,
-        "n_hot": hot.sum(axis=1).astype(np.float64),
-        "n_glitch": n_glitch.astype(np.float64),
-        "diff_kurt": kurt,
-        "lag1": lag1,
-        "pooled": pooled,
-    }
+from crab.analysis.window_features import glitch_sensitive_features
 
 
 def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -96,8 +59,8 @@ def sample_quality(real: np.ndarray, fake: np.ndarray, noise_sigma: float) -> tu
     -------
     (statistic, per-feature distances); lower is better, 0 = identical distributions.
     """
-    fr = window_features(real, noise_sigma)
-    ff = window_features(fake, noise_sigma)
+    fr = glitch_sensitive_features(real, noise_sigma)
+    ff = glitch_sensitive_features(fake, noise_sigma)
     parts = {k: ks_distance(fr[k], ff[k]) for k in fr}
     return float(np.mean(list(parts.values()))), parts
 

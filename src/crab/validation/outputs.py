@@ -1,0 +1,39 @@
+"""Writes a validation report folder: ``metrics.json``, ``report.md`` and the plots, atomically."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from crab.core.provenance import run_record, write_json
+from crab.validation import report
+from crab.validation.results import ValidationResult
+
+#: The file whose presence says that a folder holds a validation report (and may be replaced).
+REPORT_MARKER = "metrics.json"
+
+
+def write_outputs(result: ValidationResult, out: Path, plots: bool = True) -> Path:
+    """Write metrics.json, report.md and plots into ``out`` atomically (temporary folder, then rename)."""
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        figs = report.write_plots(result, tmp) if plots else []
+        rec = run_record(result.config, result.config.seed)
+        payload = dict(result.to_dict(), run=rec, figures=[f.name for f in figs])
+        write_json(tmp / REPORT_MARKER, payload)
+        report.write_markdown(result, tmp / "report.md", figures=figs)
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    result.out_dir = out
+    return out
