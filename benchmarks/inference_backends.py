@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     z = tile_latents(generator, a.tile_latents)
     print(f"generator: {'model ' + a.model if a.model else 'ModelConfig() with random weights'}; out_channels {cfg.out_channels}")
     print(f"tile: {a.tile_latents} latent steps + 2 x {m} margin = {z.shape[0]} steps, {tile_samples} output samples; torch {torch.__version__}, {a.threads} thread(s)")
-    print("load average %.2f %.2f %.2f" % os.getloadavg(), flush=True)
+    print("load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
 
     runs, failed = backends(generator, z, cond)
     lo = f * m
@@ -176,14 +176,14 @@ def main(argv=None) -> int:
         t = statistics.median(times[name])
         diff = float(np.max(np.abs(outputs[name] - ref)))
         rate = tile_samples * cfg.out_channels / t
-        rows.append(dict(backend=name, seconds_per_tile=t, samples_per_s=rate, ratio_to_inference_mode=base / t, max_abs_diff=diff, max_rel_diff=diff / scale))
+        rows.append({"backend": name, "seconds_per_tile": t, "samples_per_s": rate, "ratio_to_inference_mode": base / t, "max_abs_diff": diff, "max_rel_diff": diff / scale})
         print(f"{name:<18} {1e3 * t:9.2f} {rate:12.4g} {base / t:17.2f}x {diff:11.2e} {diff / scale:9.1e}")
     for name, err in failed.items():
         print(f"{name:<18} failed: {err}")
-    print("load average %.2f %.2f %.2f" % os.getloadavg())
+    print("load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     if a.json:
         with open(a.json, "w") as fh:
-            json.dump(dict(tile_samples=tile_samples, threads=a.threads, repeats=a.repeats, output_scale=scale, backends=rows, failed=failed), fh, indent=1)
+            json.dump({"tile_samples": tile_samples, "threads": a.threads, "repeats": a.repeats, "output_scale": scale, "backends": rows, "failed": failed}, fh, indent=1)
     return 0
 
 

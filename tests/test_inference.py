@@ -6,26 +6,30 @@ import numpy as np
 import pytest
 import torch
 
-from crab.models.gan.inference import CompiledGenerator, NotCompilable, compile_generator
+from crab.models.gan.inference import (
+    CompiledGenerator,
+    NotCompilable,
+    compile_generator,
+)
 from crab.models.gan.network import Generator, ModelConfig
 
 #: Small streaming generator (as tests/test_generation.py's TINY): runs in milliseconds.
-SMALL = dict(window_samples=64, latent_dim=24, noise_dim=16, event_channels=0, event_subsample=False, event_kernel=0, generator_channels=(8, 8, 8, 8, 8), transform_out_scale=1.5)
+SMALL = {"window_samples": 64, "latent_dim": 24, "noise_dim": 16, "event_channels": 0, "event_subsample": False, "event_kernel": 0, "generator_channels": (8, 8, 8, 8, 8), "transform_out_scale": 1.5}
 #: Event channels (three, beside one Gaussian channel) with sub-sample phases and 17-tap pulses.
-EVENTS = dict(latent_dim=72, noise_dim=64, event_channels=3, event_subsample=True, event_kernel=17, event_threshold=1.5)
+EVENTS = {"latent_dim": 72, "noise_dim": 64, "event_channels": 3, "event_subsample": True, "event_kernel": 17, "event_threshold": 1.5}
 
 CONFIGS = {
     "plain": {},
-    "plain-bounded": dict(output_bounds=(-2.0, 3.0)),
+    "plain-bounded": {"output_bounds": (-2.0, 3.0)},
     "events-no-pulses": dict(EVENTS, event_kernel=0, additive_glitches=False),
     "events-filter": dict(EVENTS, additive_glitches=False),
     "events-additive": dict(EVENTS, additive_glitches=True, output_bounds=(-3.0, 8.0)),
     "events-additive-whole-samples": dict(EVENTS, event_subsample=False, additive_glitches=True),
     "events-additive-causal": dict(EVENTS, additive_glitches=True, causal_pulses=True),
-    "conditioned": dict(cond_dim=1),
+    "conditioned": {"cond_dim": 1},
     "conditioned-events-additive": dict(EVENTS, cond_dim=1, additive_glitches=True, output_bounds=(-3.0, 8.0)),
-    "multi-channel": dict(out_channels=3),
-    "multi-channel-5": dict(out_channels=5, cond_dim=1),
+    "multi-channel": {"out_channels": 3},
+    "multi-channel-5": {"out_channels": 5, "cond_dim": 1},
     # as `crab train --joint-detectors` builds it (training.JOINT_SHARED_LATENT_DIM shared latents)
     "wafer": dict(EVENTS, out_channels=4, shared_latent_dim=8, additive_glitches=True, output_bounds=(-3.0, 8.0)),
     "wafer-conditioned": dict(EVENTS, out_channels=3, shared_latent_dim=8, cond_dim=1, additive_glitches=False),

@@ -44,8 +44,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
     from crab.models.gan.network import Generator
 
 
@@ -54,8 +52,6 @@ class NotCompilable(Exception):
 
 
 # ---------------------------------------------------------------------------- compiled parts
-
-
 @dataclass(frozen=True)
 class _Bias:
     """Bias of a compiled layer.
@@ -67,9 +63,8 @@ class _Bias:
     value32 : numpy.ndarray or torch.Tensor, shape (c_out,)
         The same in float32, in the array type the layer adds it to.
     cond_weight : numpy.ndarray, shape (c_out, n_cond), or None
-        Bias shift per normalised condition value (the conditioning channels'
-        taps summed: the conditions are constant along time), None for an
-        unconditioned generator.
+        Bias shift per normalised condition value (the condition channels'
+        taps summed: they are constant in time); None if unconditioned.
     """
 
     value64: np.ndarray
@@ -178,8 +173,6 @@ class _AdditivePulses:
 
 
 # ---------------------------------------------------------------------------- the compiled form
-
-
 class CompiledGenerator:
     """The compiled form of a streaming generator (see the module docstring); made by :func:`compile_generator`.
 
@@ -234,10 +227,7 @@ class CompiledGenerator:
         self.out_channels = out_channels
         self.wafer = wafer  # (shared_latent_dim, latent_dim) of an exchangeable wafer, or None
 
-    @property
-    def right_loss(self) -> int:
-        """Former name of :attr:`end_loss`."""
-        return self.end_loss
+    right_loss = property(lambda self: self.end_loss, doc="Former name of :attr:`end_loss`.")
 
     # ------------------------------------------------------------------ running
     def generate(self, z, cond: np.ndarray | None = None, linear: bool = False) -> np.ndarray:
@@ -419,8 +409,6 @@ class CompiledGenerator:
 
 
 # ---------------------------------------------------------------------------- compilation
-
-
 def _check_conv(conv, where: str) -> None:
     """Raise :class:`NotCompilable` unless ``conv`` is a stride-1, zero-padded 'same' Conv1d of odd length."""
     from torch import nn
