@@ -80,11 +80,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"CRAB conditioning cost on {len(os.sched_getaffinity(0))} CPUs (load average {os.getloadavg()[0]:.2f}): "
           f"{args.detectors} detectors x {args.days:g} d per run, {args.rounds} interleaved rounds", flush=True)
     for g in gens.values():  # warm-up
-        stream_checksum(g, 3600.0, args.detectors, 7, progress=False)
+        stream_checksum(g, 3600.0, args.detectors, progress=False)
     best: dict[str, float] = {n: 0.0 for n in gens}
     for _ in range(args.rounds):
         for name, g in gens.items():
-            st = stream_checksum(g, dur, args.detectors, 7, progress=False)
+            st = stream_checksum(g, dur, args.detectors, progress=False)
             best[name] = max(best[name], st.samples_per_s)
     base = best["baseline"]
     res = {"days": args.days, "detectors": args.detectors, "rounds": args.rounds, "samples_per_s": best, "ratio_to_baseline": {n: v / base for n, v in best.items()},

@@ -99,11 +99,11 @@ def _time_mc(workdir: Path, duration_s: float, rate: float) -> dict:
 _LONG_RUN = textwrap.dedent(
     """
     import json, sys, time
-    from crab.generation import load_generation_model, peak_rss_mb, stream_checksum
+    from crab.generation import TodGenerator, load_generation_model, peak_rss_mb, stream_checksum
     model_path, duration_s, workers = sys.argv[1], float(sys.argv[2]), sys.argv[3]
     t0 = time.perf_counter()
     m = load_generation_model(model_path)
-    st = stream_checksum(m, duration_s, 1, 7, progress=True, n_workers=int(workers) if workers != "0" else None)
+    st = stream_checksum(TodGenerator(m, 7, n_workers=int(workers) if workers != "0" else None), duration_s, 1, progress=True)
     print(json.dumps({"wall_s": st.wall_s, "total_s": time.perf_counter() - t0, "n_samples": st.n_samples, "samples_per_s": st.samples_per_s,
                       "peak_rss_mb": peak_rss_mb(), "checksum": st.checksum}))
     """
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     from crab.generation import TodGenerator, generate_to_file, load_generation_model, stream_checksum
-    from crab.models.template.template import fit_template_file, save_template
+    from crab.models.template import fit_template_file, save_template
 
     workers = args.workers or None
     tmp = Path(tempfile.mkdtemp(prefix="crab-bench-", dir=args.workdir))
@@ -185,10 +185,10 @@ def main(argv: list[str] | None = None) -> dict:
         dur = args.throughput_days * 86400.0
         gan_gen = TodGenerator(model, 7, n_workers=workers)
         tpl_gen = TodGenerator(tpl, 7, n_workers=workers)
-        stream_checksum(gan_gen, 3600.0, 1, 7, progress=False)  # warm-up (threads, caches)
-        gan = stream_checksum(gan_gen, dur, 1, 7, progress=False)
-        tmpl = stream_checksum(tpl_gen, dur, 1, 7, progress=False)
-        gan2 = stream_checksum(gan_gen, dur, 1, 7, progress=False)  # again: the load may have changed
+        stream_checksum(gan_gen, 3600.0, 1, progress=False)  # warm-up (threads, caches)
+        gan = stream_checksum(gan_gen, dur, 1, progress=False)
+        tmpl = stream_checksum(tpl_gen, dur, 1, progress=False)
+        gan2 = stream_checksum(gan_gen, dur, 1, progress=False)  # again: the load may have changed
         gan_rate = max(gan.samples_per_s, gan2.samples_per_s)
         res["gan"] = {"samples_per_s": gan_rate, "backend": gan_gen.describe().get("backend"), "runs": [gan.samples_per_s, gan2.samples_per_s]}
         res["template"] = {"samples_per_s": tmpl.samples_per_s, "direct_rate_hz": tpl.direct.rate_hz, "wafer_rate_hz": tpl.wafer.rate_hz}
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  HDF5 / raw:                     {r_h5:8.2f}    (target >= 0.5)  {'PASS' if r_h5 >= 0.5 else 'FAIL'}")
         out = tmp / "gen.h5"
         t0 = time.perf_counter()
-        st = generate_to_file(gan_gen, out, args.hdf5_days * 86400.0, 1, 7, progress=False)
+        st = generate_to_file(gan_gen, out, args.hdf5_days * 86400.0, 1, progress=False)
         with open(out, "rb+") as fh:
             os.fsync(fh.fileno())
         e2e = st.n_samples / (time.perf_counter() - t0)

@@ -98,9 +98,9 @@ def test_schedule_span_and_range_are_checked_before_writing(cond_model, tmp_path
     sched = ConditionSchedule(("phi_gv",), np.array([0.0, 600.0]), np.array([[0.5], [0.9]]))
     out = tmp_path / "g.h5"
     with pytest.raises(InputError, match="extend the schedule"):
-        generate_to_file(cond_model, out, 1200.0, 1, 1, cond=sched, progress=False)
+        generate_to_file(TodGenerator(cond_model, 1, cond=sched), out, 1200.0, 1, progress=False)
     assert not out.exists() and not list(tmp_path.iterdir())
-    generate_to_file(cond_model, out, 600.0, 1, 1, cond=sched, progress=False)
+    generate_to_file(TodGenerator(cond_model, 1, cond=sched), out, 600.0, 1, progress=False)
     with h5py.File(out) as f:
         assert json.loads(f.attrs["config"])["config"]["generation"]["cond"]["values"] == [[0.5], [0.9]]
     with pytest.raises(InputError, match="not conditioned"):
@@ -122,7 +122,7 @@ def test_joint_model_rows_wafers_and_names(tmp_path, shared, extra):
     # detector 4 is row 0 of wafer 1: the same bytes when it is generated alone
     assert np.array_equal(gen.generate([4], 0, 4000)[0], y[4])
     assert not np.allclose(y[0], y[4])
-    generate_to_file(m, tmp_path / "j.h5", 300.0, 6, 5, progress=False)
+    generate_to_file(TodGenerator(m, 5), tmp_path / "j.h5", 300.0, 6, progress=False)
     with h5py.File(tmp_path / "j.h5") as f:
         assert json.loads(f.attrs["detectors"]) == ["W00_D000", "W00_D001", "W00_D002", "W00_D003", "W01_D000", "W01_D001"]
 

@@ -147,7 +147,7 @@ def test_same_bytes_for_any_chunking_order_start_and_workers(model):
     src = gen.source
     fwd = [src.tile(1, t) for t in range(6)]
     assert all(np.array_equal(src.tile(1, t), fwd[t]) for t in reversed(range(6)))
-    assert tod_checksum(ref) == stream_checksum(gen, n / 19.0, 2, 7, chunk_samples=3 * T + 5).checksum
+    assert tod_checksum(ref) == stream_checksum(gen, n / 19.0, 2, chunk_samples=3 * T + 5).checksum
 
 
 def test_seeds_and_detectors_give_independent_tod(model):
@@ -193,25 +193,21 @@ def test_join_statistics_equal_in_window_statistics(model):
     assert abs(r1 - r2) < 4 * np.sqrt(r1 / n_near + r2 / n_mid)
 
 
-def test_paper_architecture_cross_fades_reproducibly(tmp_path):
-    m = load_model(make_model_dir(tmp_path, generator_arch="paper", latent_dim=16, noise_dim=0))
-    gen = TodGenerator(m, 3)
-    assert gen.describe()["generator_arch"] == "paper"
-    T = gen.tile_samples
-    ref = gen.generate(1, 0, 3 * T + 100)
-    assert np.all(np.isfinite(ref))
-    assert np.array_equal(np.concatenate([c for _, c in gen.iter_chunks(1, 0, 3 * T + 100, 777)], axis=1), ref)
-    assert np.array_equal(gen.generate(1, T + 5, 2000), ref[:, T + 5 : T + 2005])
-    # equal-power cross-fade: the weights keep the variance of independent windows
-    src = gen.source
-    np.testing.assert_allclose(src._fade_in**2 + src._fade_out**2, 1.0, rtol=1e-6)
-    assert src._fade_in[0] < 0.05 and src._fade_out[-1] < 0.05
+def test_paper_generator_models_are_refused_at_load(model_dir, tmp_path):
+    """The paper architecture was removed: a stored one gets a one-line error saying how to retrain."""
+    d = torch.load(f"{model_dir}/model.pt", weights_only=True)
+    old = tmp_path / "paper"
+    old.mkdir()
+    torch.save({**d, "model_config": {**d["model_config"], "generator_arch": "paper"}}, old / "model.pt")
+    with pytest.raises(ModelCompatibilityError, match="paper.*retrain the model with `crab train`") as err:
+        load_generation_model(old)
+    assert "\n" not in str(err.value)
 
 
 # --------------------------------------------------------------------------- files and errors
 def test_generate_to_file_layout_and_slices(model, tmp_path):
     out = tmp_path / "gen.h5"
-    st = generate_to_file(model, out, 3000 / 19.0, 2, 5, chunk_samples=1000, progress=False)
+    st = generate_to_file(TodGenerator(model, 5), out, 3000 / 19.0, 2, chunk_samples=1000, progress=False)
     assert st.path == out and out.exists() and st.n_samples == 3000
     with h5py.File(out) as f:
         assert "events" not in f and f["tod"].shape == (2, 3000) and f["tod"].dtype == np.float32
@@ -223,12 +219,12 @@ def test_generate_to_file_layout_and_slices(model, tmp_path):
         assert f["tod"].attrs["checksum_sha256"] == st.checksum
     assert file_checksum(out) == st.checksum
     part = tmp_path / "part.h5"
-    generate_to_file(model, part, 1000 / 19.0, 2, 5, start_s=1500 / 19.0, progress=False)
+    generate_to_file(TodGenerator(model, 5), part, 1000 / 19.0, 2, start_s=1500 / 19.0, progress=False)
     with h5py.File(out) as f, h5py.File(part) as g:
         assert np.array_equal(g["tod"][()], f["tod"][:, 1500:2500])
         assert g.attrs["start_time_s"] == pytest.approx(1500 / 19.0)
     with pytest.raises(InputError):
-        generate_to_file(model, out, 10.0, 1, 5, progress=False)  # exists, no overwrite
+        generate_to_file(TodGenerator(model, 5), out, 10.0, 1, progress=False)  # exists, no overwrite
 
 
 def test_bad_models_give_clear_errors_and_no_output(model_dir, tmp_path):
@@ -266,9 +262,9 @@ def test_conditioning_values_are_checked(tmp_path):
 _RSS_SCRIPT = textwrap.dedent(
     """
     import sys
-    from crab.generation import load_generation_model, peak_rss_mb, stream_checksum
+    from crab.generation import TodGenerator, load_generation_model, peak_rss_mb, stream_checksum
     m = load_generation_model(sys.argv[1])
-    stream_checksum(m, float(sys.argv[2]), 1, 0, progress=False, n_workers=2)
+    stream_checksum(TodGenerator(m, 0, n_workers=2), float(sys.argv[2]), 1, progress=False)
     print(peak_rss_mb())
     """
 )
@@ -281,3 +277,50 @@ def test_memory_does_not_grow_with_duration(model_dir):
         assert r.returncode == 0, r.stderr
         rss[days] = float(r.stdout.split()[-1])  # MiB (VmHWM)
     assert rss[10] < rss[1] * 1.15 + 20, rss
+
+
+# --------------------------------------------------------------------------- the contract, the registry and the sinks
+def test_registry_names_recognises_and_refuses(model_dir, tmp_path):
+    from crab.models.registry import METHODS, method_names, method_of
+
+    assert method_names() == list(METHODS) and {"gan", "template"} <= set(method_names())
+    assert method_of(model_dir) == "gan" and method_of(tmp_path / "x.json") is None
+    (tmp_path / "t.json").write_text("{}")
+    assert method_of(tmp_path / "t.json") == "template"
+    with pytest.raises(InputError, match="method must be one of"):
+        load_generation_model(model_dir, method="diffusion")
+    m = load_generation_model(model_dir)
+    assert m.kind == "gan" and m.sampling_rate_hz == 19.0 and m.units and m.path is not None
+
+
+def test_generator_takes_models_and_sources_only(model):
+    with pytest.raises(InputError, match="cannot generate with a dict"):
+        TodGenerator({}, 1)
+    with pytest.raises(InputError, match="takes no generation option"):
+        TodGenerator(model, 1, block_samples=4)
+    with pytest.raises(InputError, match="tile_source"):
+        TodGenerator(GanSource(model, 1, tile_latents=16), 1, tile_latents=16)
+
+
+def test_sinks_get_the_same_chunks_and_the_file_gets_the_generator_seed(model, tmp_path):
+    import io
+
+    from crab.generation import ChecksumSink, RawStreamSink, run
+
+    gen = TodGenerator(model, 13, tile_latents=16, n_workers=1)
+    ref = gen.generate(2, 100, 3000)
+    buf = io.BytesIO()
+    raw = run(gen, 2, 100, 3000, RawStreamSink(buf), chunk_samples=700, progress=False)
+    parts = np.frombuffer(buf.getvalue(), "<f4")
+    chunks, k = [], 0
+    for c0 in range(100, 3100, 700):
+        m = min(700, 3100 - c0)
+        chunks.append(parts[k : k + 2 * m].reshape(2, m))
+        k += 2 * m
+    assert np.array_equal(np.concatenate(chunks, axis=1), ref)
+    assert run(gen, 2, 100, 3000, ChecksumSink(), progress=False).checksum == raw.checksum == tod_checksum(ref)
+    st = generate_to_file(gen, tmp_path / "g.h5", 3000 / 19.0, 2, start_s=100 / 19.0, progress=False)
+    assert st.checksum == raw.checksum
+    with h5py.File(st.path) as f:
+        assert int(f.attrs["seed"]) == 13 and json.loads(f.attrs["config"])["seed"] == 13
+

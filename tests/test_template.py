@@ -10,16 +10,8 @@ from conftest import make_synthetic_tod
 
 from crab.core.errors import FileFormatError, ModelCompatibilityError
 from crab.generation import TodGenerator
-from crab.models.template.template import (
-    TemplateSource,
-    fit_template,
-    fit_template_file,
-    load_template,
-    render_events,
-    render_glitches,
-    render_response,
-    save_template,
-)
+from crab.models.template import TemplateSource, fit_template, fit_template_file, load_template, save_template
+from crab.models.template.shapes import render_events, render_glitches, render_response
 from crab.io.tod import EventTable, TodMetadata, default_detector_names, write_tod
 
 FS = 19.0
@@ -202,3 +194,18 @@ def test_fit_template_file_needs_truth(mc, tmp_path):
     no_truth = write_tod(tmp_path / "gan.h5", tod[:, :2000], meta)
     with pytest.raises(FileFormatError, match="events"):
         fit_template_file(no_truth)
+
+
+def test_template_takes_no_gan_options(tmp_path):
+    """The template's tile source rejects the GAN's generation options with a one-line InputError."""
+    from crab.core.errors import InputError
+    from crab.models.template import GlitchPopulation, TemplateModel
+    from crab.physics.noise import NoiseParams
+
+    model = TemplateModel(sampling_rate_hz=FS, noise_params=NoiseParams(white_asd=0.01), direct=GlitchPopulation("direct"), wafer=GlitchPopulation("wafer"))
+    assert model.kind == "template"
+    with pytest.raises(InputError, match="conditioned GAN models only"):
+        TodGenerator(model, 1, cond=[0.5])
+    with pytest.raises(InputError, match="takes no generation option tile_latents"):
+        TodGenerator(model, 1, tile_latents=16)
+    assert TodGenerator(model, 1, cond=None).generate(1, 0, 100).shape == (1, 100)

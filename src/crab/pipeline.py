@@ -176,9 +176,9 @@ def run_pipeline(
     log : callable
         Receives one line per stage as it starts and ends.
     """
-    from crab.generation import generate_to_file, load_generation_model
+    from crab.generation import TodGenerator, generate_to_file, load_generation_model
     from crab.physics.montecarlo import MonteCarloConfig, simulate_to_file
-    from crab.models.template.template import fit_template_file, save_template
+    from crab.models.template import fit_template_file, save_template
     from crab.models.gan.training import TrainConfig, train
     from crab.validation.validate import ValidationConfig, validate
 
@@ -231,14 +231,14 @@ def run_pipeline(
 
     def stage_generate() -> str:
         model = load_generation_model(paths["model"], sampling_rate_hz=cfg.sampling_rate_hz)
-        st = generate_to_file(model, paths["gan"], cfg.generate_duration_s, cfg.n_detectors, gen_seed, overwrite=True, progress=progress)
+        st = generate_to_file(TodGenerator(model, gen_seed), paths["gan"], cfg.generate_duration_s, cfg.n_detectors, overwrite=True, progress=progress)
         return st.summary() if hasattr(st, "summary") else ""
 
     def stage_template() -> str:
         tm = fit_template_file(paths["mc_train"])
         save_template(tm, paths["template_model"])
         model = load_generation_model(paths["template_model"], sampling_rate_hz=cfg.sampling_rate_hz)
-        st = generate_to_file(model, paths["template"], cfg.generate_duration_s, cfg.n_detectors, gen_seed, overwrite=True, progress=progress)
+        st = generate_to_file(TodGenerator(model, gen_seed), paths["template"], cfg.generate_duration_s, cfg.n_detectors, overwrite=True, progress=progress)
         return st.summary() if hasattr(st, "summary") else ""
 
     def stage_validate() -> str:

@@ -9,6 +9,7 @@ import click
 
 from crab.core.errors import InputError
 from crab.cli.options import DURATION, DURATION_OR_ZERO, positive_int
+from crab.models.registry import method_names, method_of
 
 
 def _conditions(phi_gv: float | None, schedule: Path | None, cond: tuple[str, ...]):
@@ -38,7 +39,7 @@ def _conditions(phi_gv: float | None, schedule: Path | None, cond: tuple[str, ..
 
 @click.command("generate")
 @click.option("--model", "model_path", type=click.Path(path_type=Path), help="Trained model directory (`crab train`), or a template model (.json) to reuse.")
-@click.option("--method", type=click.Choice(["gan", "template"]), default=None, help="Generator: the trained GAN (default) or the template baseline.")
+@click.option("--method", type=click.Choice(method_names()), default=None, help="Generative method (default: recognised from --model; the template with --fit).")
 @click.option("--fit", "fit_path", type=click.Path(path_type=Path), help="Template method: fit the template on this Monte Carlo file (with /events truth).")
 @click.option("--save-template", type=click.Path(path_type=Path), help="With --fit: also save the fitted template model here (.json or folder).")
 @click.option("--duration", required=True, type=DURATION, help="Duration to generate: 3600, 2h, 10d, 3y ...")
@@ -72,50 +73,41 @@ def generate(
       crab generate --model phi_model --phi-schedule mission_phi.csv --duration 3y --detectors 8 --out gen.h5
     """
     from crab import generation as G
+    from crab.core.paths import check_output_file
 
-    if method is None:
-        method = "template" if fit_path is not None or (model_path is not None and G.is_template_path(model_path)) else "gan"
+    if method is None:  # recognised from the model; the template when fitting now
+        method = "template" if fit_path is not None else (method_of(model_path) if model_path is not None else None) or method_names()[0]
     if checksum_only and out is not None:
         raise InputError("give either --out or --checksum-only, not both")
     if not checksum_only and out is None:
         raise InputError("say where the TOD goes: --out FILE.h5, --out - (raw float32 on stdout) or --checksum-only")
     if sampling_rate_hz is not None and not sampling_rate_hz > 0:
         raise InputError(f"--sampling-rate must be positive, got {sampling_rate_hz}")
-    out_path = None
-    if out not in (None, "-"):
-        out_path = Path(out)
-        if out_path.exists() and not overwrite:
-            raise InputError(f"output file {out_path} exists (use --overwrite to replace it)")
-        if not out_path.parent.exists():
-            raise InputError(f"output folder {out_path.parent} does not exist")
-        if out_path.is_dir():
-            raise InputError(f"--out {out_path} is a folder; give a file name")
+    out_path = None if out in (None, "-") else check_output_file(out, overwrite=overwrite)
 
-    if method == "template":
-        from crab.models.template.template import fit_template_file, save_template as _save
+    if method != "template" and (fit_path is not None or save_template is not None):
+        raise InputError("--fit and --save-template belong to --method template")
+    if method == "template" and fit_path is not None:
+        from crab.models.template import fit_template_file, save_template as _save
 
-        if fit_path is not None:
-            model = fit_template_file(fit_path)
-            if sampling_rate_hz is not None and abs(model.sampling_rate_hz - sampling_rate_hz) > 1e-9 * sampling_rate_hz:
-                raise InputError(f"{fit_path} is sampled at {model.sampling_rate_hz:g} Hz, but {sampling_rate_hz:g} Hz was asked")
-            if save_template is not None:
-                model.path = _save(model, save_template)
-                click.echo(f"template model saved to {model.path}", err=True)
-        elif model_path is not None:
-            model = G.load_generation_model(model_path, method="template", sampling_rate_hz=sampling_rate_hz)
-        else:
-            raise InputError("the template method needs --fit MC.h5 (fit now) or --model TEMPLATE.json (reuse a fit)")
+        model = fit_template_file(fit_path)
+        if sampling_rate_hz is not None and abs(model.sampling_rate_hz - sampling_rate_hz) > 1e-9 * sampling_rate_hz:
+            raise InputError(f"{fit_path} is sampled at {model.sampling_rate_hz:g} Hz, but {sampling_rate_hz:g} Hz was asked")
+        if save_template is not None:
+            model.path = _save(model, save_template)
+            click.echo(f"template model saved to {model.path}", err=True)
+    elif model_path is not None:
+        model = G.load_generation_model(model_path, method=method, sampling_rate_hz=sampling_rate_hz)
+    elif method == "template":
+        raise InputError("the template method needs --fit MC.h5 (fit now) or --model TEMPLATE.json (reuse a fit)")
     else:
-        if fit_path is not None or save_template is not None:
-            raise InputError("--fit and --save-template belong to --method template")
-        if model_path is None:
-            raise InputError("give --model MODEL_DIR (a directory written by `crab train`)")
-        model = G.load_generation_model(model_path, method="gan", sampling_rate_hz=sampling_rate_hz)
+        raise InputError("give --model MODEL_DIR (a directory written by `crab train`)")
 
     conditions = _conditions(phi_gv, phi_schedule, cond)
-    if method != "gan" and (conditions is not None or allow_extrapolation):
+    options = {k: v for k, v in (("cond", conditions), ("allow_extrapolation", allow_extrapolation or None)) if v is not None}
+    if model.kind != "gan" and options:
         raise InputError("--phi, --phi-schedule, --cond and --allow-extrapolation apply to conditioned GAN models only")
-    gen = G.TodGenerator(model, seed, cond=conditions, allow_extrapolation=allow_extrapolation, n_workers=workers)
+    gen = G.TodGenerator(model, seed, n_workers=workers, **options)
     progress = False if no_progress else None
     run_config = {"command": "crab generate", "fit": None if fit_path is None else str(fit_path)}
 
@@ -124,13 +116,13 @@ def generate(
 
         mpi.require_serial("--checksum-only" if checksum_only else "--out -")
     if checksum_only:
-        stats = G.stream_checksum(gen, duration, detectors, seed, start_s=start, chunk_samples=chunk_samples, progress=progress)
+        stats = G.stream_checksum(gen, duration, detectors, start_s=start, chunk_samples=chunk_samples, progress=progress)
         click.echo(stats.checksum)
     elif out == "-":
-        stats = G.stream_raw(gen, sys.stdout.buffer, duration, detectors, seed, start_s=start, chunk_samples=chunk_samples, progress=progress)
+        stats = G.stream_raw(gen, sys.stdout.buffer, duration, detectors, start_s=start, chunk_samples=chunk_samples, progress=progress)
     else:
         stats = G.generate_to_file(
-            gen, out_path, duration, detectors, seed, start_s=start, chunk_samples=chunk_samples, overwrite=overwrite, progress=progress, run_config=run_config
+            gen, out_path, duration, detectors, start_s=start, chunk_samples=chunk_samples, overwrite=overwrite, progress=progress, run_config=run_config
         )
     if G.is_root_process():
         where = f" -> {stats.path}" if stats.path else ""

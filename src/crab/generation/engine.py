@@ -1,69 +1,16 @@
-"""Streaming, seam-free, counter-seeded generation of TOD of any length.
+"""The streaming engine: TOD of any length from any tile source, in bounded memory.
 
-This module turns a trained model (:class:`crab.models.gan.store.TrainedModel`) or
-the template baseline (:class:`crab.models.template.template.TemplateModel`) into TOD, for
-any duration, in bounded memory, at many millions of samples per second.
+Time is cut into the source's fixed **tiles** (:mod:`crab.models.base`): tile
+``t`` of detector key ``k`` covers samples ``[t * tile_samples, (t + 1) *
+tile_samples)`` and depends only on ``(seed, k, t)``.  A chunk, a ``start``
+slice or a process therefore computes exactly the tiles it needs, and every
+sample has the same bytes whatever the chunk size, the order of computation,
+the number of worker threads or the split across processes (on one platform:
+float32 kernels of other CPUs or library versions may round differently).
 
-Tiles
------
-Time is cut into fixed **tiles** of ``tile_samples`` samples; tile ``t`` of
-detector ``d`` covers samples ``[t * tile_samples, (t + 1) * tile_samples)``
-and is computed from randomness keyed on ``(seed, d, position)`` only, with
-fixed tensor shapes.  A chunk, a ``start`` slice or a process therefore
-computes exactly the tiles it needs, and every sample has the same bytes
-whatever the chunk size, the order of computation, the number of worker
-threads or the split across processes (on one platform: float32 kernels of
-other CPUs or library versions may round differently).
-
-Streaming GAN (``generator_arch = "streaming"``)
-    The generator is fully convolutional over a latent sequence, one latent
-    vector per ``upsample_factor`` (16) samples, with a finite receptive
-    field of ``margin_latents`` latent steps (:mod:`crab.models.gan.network`).  Latent
-    step ``j`` of detector ``d`` is a fixed position of one counter-based
-    stream: the Philox key of ``rng.generator(seed, "gan_latent", d)`` with
-    the counter at ``j`` (see :func:`latent_sequence`).  Tile ``t`` is
-    computed from latent steps ``[t*TL - M, (t+1)*TL + M)`` (``TL`` latent
-    steps per tile, ``M`` the margin) and cropped to its own samples, so two
-    neighbouring tiles see the *same* latents around their join: the output
-    is one continuous convolution of one latent sequence, with no seam by
-    construction (tested against the network run over a long sequence), and
-    a glitch that straddles a tile boundary simply continues.
-Paper GAN (``generator_arch = "paper"``)
-    Independent windows, one latent vector each.  Windows overlap by a
-    quarter and are joined by an equal-power (sin/cos) cross-fade about the
-    transform's baseline.  The variance of the noise is preserved across
-    joins, but a glitch falling in an overlap is faded rather than
-    continued: join statistics are only approximately those inside windows.
-    Prefer the streaming architecture.
-Template baseline
-    See :mod:`crab.models.template.template` (Poisson glitches keyed on blocks of time).
-
-The GAN output is mapped to TOD units with ``model.transform.inverse`` and,
-when the model was trained on high-passed data, the slow drifts are added
-back with ``NoiseGenerator(noise_params, fs, seed, "gan_noise",
-lowpass_hz=highpass_hz)`` keyed on the detector (``docs/design.md``).
-
-Speed
------
-The streaming network is not run as written: at load time each batch
-normalisation is folded into the preceding convolution, every "nearest
-upsample x2 + convolution" is rewritten in polyphase form (two convolutions
-at the low rate), and the network is evaluated channels-last as a few
-matrix products per layer on "valid" (unpadded) sequences, where the
-interleaving of the two phases is a free reshape.  The rewrite is checked
-against the module at load time (and falls back to running the module if
-the architecture is not one it understands).  Tiles are computed by a pool
-of threads, each running torch with one intra-op thread, so results do not
-depend on the number of workers.  Latent normals come from the Philox
-stream by Box-Muller in float32 (about 2.5x faster than numpy's ziggurat on
-Philox).
-
-Public API
-----------
-:class:`TodGenerator` (array level: ``generate``, ``iter_chunks``),
-:func:`generate_to_file`, :func:`stream_checksum`, :func:`stream_raw`,
-:func:`tod_checksum`, :func:`file_checksum`, :func:`load_generation_model`,
-:func:`latent_sequence`.
+Tiles are computed by a pool of threads, each running torch (when a method
+uses it) with one intra-op thread, so results do not depend on the number of
+workers.  Where a run's chunks go is :mod:`crab.generation.output`'s business.
 """
 
 from __future__ import annotations
@@ -81,13 +28,11 @@ from crab.core import interrupt
 from crab.core import rng
 from crab.core.errors import InputError
 from crab.models.base import TileSource
-from crab.models.gan.source import DEFAULT_TILE_LATENTS
 
 #: Samples per generated chunk (a multiple of every tile size used here).
 DEFAULT_CHUNK_SAMPLES = 1 << 20
 
 
-# --------------------------------------------------------------------------- the generator
 def _default_workers() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -117,25 +62,25 @@ def _thread_init() -> None:
 
 
 class TodGenerator:
-    """Generate TOD tile by tile with a trained GAN or the template baseline.
+    """Generate TOD tile by tile with any generative method.
 
     Parameters
     ----------
-    model : TrainedModel, TemplateModel or TileSource
-        What to generate with (see :func:`load_generation_model`).
+    model : GenerativeModel or TileSource
+        What to generate with: a loaded model (:func:`crab.models.registry.load_generation_model`),
+        whose :meth:`~crab.models.base.GenerativeModel.tile_source` gives the tiles,
+        or a tile source itself.
     seed : int
-        User seed; with the detector key and the position it determines every sample.
-    cond : ConditionSchedule, dict or sequence of float, optional
-        Conditions of a conditioned GAN (see :class:`GanSource`).
-    allow_extrapolation : bool
-        Accept conditions outside the trained range.
+        User seed; with the detector key and the position it determines every
+        sample.  The only seed of a run (written to its output).
     n_workers : int, optional
         Worker threads computing tiles (default: the CPUs available).  Does
         not change the output.
-    tile_latents : int
-        Latent steps per tile for a streaming GAN (changes the bytes; recorded).
-    backend : str
-        GAN inference backend (see :class:`GanSource`).
+    **source_options
+        The method's generation options, passed to ``model.tile_source`` (the
+        GAN: ``cond``, ``allow_extrapolation``, ``tile_latents``, ``backend``;
+        see :class:`crab.models.gan.source.GanSource`).  A method raises
+        :class:`InputError` for an option it does not take.
 
     Notes
     -----
@@ -145,33 +90,16 @@ class TodGenerator:
     on which other detectors are generated with it.
     """
 
-    def __init__(
-        self,
-        model,
-        seed: int,
-        *,
-        cond=None,
-        allow_extrapolation: bool = False,
-        n_workers: int | None = None,
-        tile_latents: int = DEFAULT_TILE_LATENTS,
-        backend: str = "auto",
-    ) -> None:
+    def __init__(self, model, seed: int, *, n_workers: int | None = None, **source_options: Any) -> None:
         self.seed = rng.check_seed(seed)
-        ms = sys.modules.get("crab.models.gan.store")  # a TrainedModel exists only if modelstore (and torch) was imported
         if isinstance(model, TileSource):
+            if source_options:
+                raise InputError(f"generation options {sorted(source_options)} go to a model's tile_source, not to a tile source given directly")
             self.source = model
-        elif ms is not None and isinstance(model, ms.TrainedModel):
-            from crab.models.gan.source import GanSource
-
-            self.source = GanSource(model, self.seed, cond=cond, allow_extrapolation=allow_extrapolation, tile_latents=tile_latents, backend=backend)
+        elif callable(getattr(model, "tile_source", None)):
+            self.source = model.tile_source(self.seed, **source_options)
         else:
-            if cond is not None:
-                raise InputError("conditions (--phi, --phi-schedule, --cond) apply to conditioned GAN models only")
-            from crab.models.template.template import TemplateModel, TemplateSource
-
-            if not isinstance(model, TemplateModel):
-                raise InputError(f"cannot generate with a {type(model).__name__}: expected a TrainedModel or a TemplateModel")
-            self.source = TemplateSource(model, self.seed)
+            raise InputError(f"cannot generate with a {type(model).__name__}: expected a loaded model (crab.models.base.GenerativeModel) or a TileSource")
         self.model = model
         self.n_workers = int(n_workers) if n_workers else _default_workers()
         if self.n_workers < 1:

@@ -1,104 +1,25 @@
-"""Generation runs and their outputs."""
+"""Generation runs: one run function and its sinks, plus thin wrappers by output.
+
+:func:`run` generates a span of TOD with a :class:`TodGenerator` into a
+sink (:mod:`crab.generation.sinks`: an HDF5 file, a raw stream, a checksum
+only; :class:`crab.generation.mpi.MpiFileSink`: one file written by every MPI
+rank).  The seed of a run is the generator's only (``generator.seed``).
+"""
 
 from __future__ import annotations
 
 import math
 import os
-import sys
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, BinaryIO, Callable, Sequence
+from typing import Any, BinaryIO, Sequence
 
 import numpy as np
 
 from crab.core.errors import InputError
+from crab.core.paths import check_output_file
+from crab.generation import mpi
 from crab.generation.engine import DEFAULT_CHUNK_SAMPLES, TodGenerator
-from crab.io.tod import TodChecksum
-
-#: HDF5 chunk length along time for generated files.
-HDF5_CHUNK_SAMPLES = 1 << 18
-
-# --------------------------------------------------------------------------- sinks
-# one implementation, owned by the file format (re-exported here for users of generation)
-Checksum = TodChecksum
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (MiB).
-
-    ``VmHWM`` of ``/proc/self/status`` on Linux (``ru_maxrss`` there also
-    counts the parent's memory at the fork of a subprocess), else ``ru_maxrss``.
-    """
-    import resource
-
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024.0 if sys.platform != "darwin" else kb / 2**20
-
-
-@dataclass
-class GenerationStats:
-    """What a generation run did.
-
-    Attributes
-    ----------
-    n_detectors, start_sample, n_samples : int
-        Rows and time range generated (samples per detector).
-    sampling_rate_hz : float
-    wall_s : float
-        Wall time of the generation loop (s).
-    samples_per_s : float
-        ``n_detectors * n_samples / wall_s``.
-    checksum : str
-        :class:`Checksum` of the generated TOD.
-    path : Path or None
-        Final file, for a file sink.
-    peak_rss_mb : float
-        Peak resident memory of the process at the end (MiB).
-    settings : dict
-        :meth:`TodGenerator.describe`.
-    """
-
-    n_detectors: int
-    start_sample: int
-    n_samples: int
-    sampling_rate_hz: float
-    wall_s: float
-    samples_per_s: float
-    checksum: str
-    path: Path | None = None
-    peak_rss_mb: float = 0.0
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    def summary(self) -> str:
-        from crab.core.units import format_duration
-
-        what = f"{self.n_detectors} x {self.n_samples} samples ({format_duration(self.n_samples / self.sampling_rate_hz)})"
-        return f"{what} in {self.wall_s:.2f} s: {self.samples_per_s / 1e6:.2f} Msamples/s, peak RSS {self.peak_rss_mb:.0f} MiB, sha256 {self.checksum}"
-
-
-def as_generator(model, seed: int, **kw: Any) -> TodGenerator:
-    """A :class:`TodGenerator` for ``model`` (returned unchanged if it already is one)."""
-    if isinstance(model, TodGenerator):
-        return model
-    return TodGenerator(model, seed, **kw)
-
-
-def _plan(model, seed: int, duration_s: float, start_s: float, gen_kw: dict[str, Any]) -> tuple[TodGenerator, int, int]:
-    """The generator and the sample range ``(start_sample, n_samples)`` of a run."""
-    gen = as_generator(model, seed, **gen_kw)
-    fs = gen.sampling_rate_hz
-    s0, n = samples_for(start_s, fs, what="start", allow_zero=True), samples_for(duration_s, fs)
-    gen.source.check_span(s0, s0 + n)  # before any output is opened
-    return gen, s0, n
+from crab.generation.sinks import ChecksumSink, Hdf5FileSink, RawStreamSink, Sink
+from crab.generation.stats import GenerationStats
 
 
 def samples_for(duration_s: float, sampling_rate_hz: float, *, what: str = "duration", allow_zero: bool = False) -> int:
@@ -111,93 +32,80 @@ def samples_for(duration_s: float, sampling_rate_hz: float, *, what: str = "dura
     return n
 
 
-def _run(
-    gen: TodGenerator,
+def run(
+    generator: TodGenerator,
     detectors: int | Sequence[int],
     start_sample: int,
     n_samples: int,
-    sink: Callable[[int, np.ndarray], None],
+    sink: Sink,
     *,
-    chunk_samples: int,
-    progress: bool | None,
-    desc: str,
+    chunk_samples: int = DEFAULT_CHUNK_SAMPLES,
+    progress: bool | None = None,
+    desc: str | None = None,
 ) -> GenerationStats:
-    from crab.core.progress import bar
+    """Generate samples ``[start_sample, start_sample + n_samples)`` of ``detectors`` into ``sink``.
 
-    n_det = len(gen._rows(detectors))
-    check = Checksum(n_det)
-    t0 = time.perf_counter()
-    with bar(total=n_det * n_samples, desc=desc, unit="sample", disable=None if progress is None else not progress, unit_scale=True) as pb:
-        for c0, chunk in gen.iter_chunks(detectors, start_sample, n_samples, chunk_samples):
-            sink(c0, chunk)
-            check.update(chunk)
-            pb.update(chunk.size)
-    wall = time.perf_counter() - t0
-    return GenerationStats(
-        n_detectors=n_det,
-        start_sample=int(start_sample),
-        n_samples=int(n_samples),
-        sampling_rate_hz=gen.sampling_rate_hz,
-        wall_s=wall,
-        samples_per_s=n_det * n_samples / wall if wall > 0 else float("inf"),
-        checksum=check.hexdigest(),
-        peak_rss_mb=peak_rss_mb(),
-        settings=gen.describe(),
-    )
+    Parameters
+    ----------
+    generator : TodGenerator
+    detectors : int or sequence of int
+        Number of detectors (keys 0..n-1) or explicit detector keys.
+    start_sample, n_samples : int
+        Absolute first sample and number of samples per detector.
+    sink : Sink
+        Where the chunks go (:mod:`crab.generation.sinks`, :class:`crab.generation.mpi.MpiFileSink`).
+    chunk_samples : int
+        Samples per detector generated (and written) at a time.
+    progress : bool, optional
+        Progress bar on stderr (default: when stderr is a terminal).
+    desc : str, optional
+        Label of the progress bar (default: the sink's).
+    """
+    s0, n = int(start_sample), int(n_samples)
+    generator.source.check_span(s0, s0 + n)  # before any output is opened
+    return sink.consume(generator, detectors, s0, n, chunk_samples=int(chunk_samples), progress=progress, desc=desc or sink.desc)
+
+
+def _span(generator: TodGenerator, duration_s: float, start_s: float) -> tuple[int, int]:
+    """``(start_sample, n_samples)`` of a run of ``duration_s`` from ``start_s`` (s)."""
+    fs = generator.sampling_rate_hz
+    return samples_for(start_s, fs, what="start", allow_zero=True), samples_for(duration_s, fs)
 
 
 def stream_checksum(
-    model,
+    generator: TodGenerator,
     duration_s: float,
-    n_detectors: int | Sequence[int] = 1,
-    seed: int = 0,
+    detectors: int | Sequence[int] = 1,
     *,
     start_s: float = 0.0,
     chunk_samples: int = DEFAULT_CHUNK_SAMPLES,
     progress: bool | None = None,
-    **gen_kw: Any,
 ) -> GenerationStats:
-    """Generate and only checksum (no output): the benchmark sink.
-
-    Same arguments as :func:`generate_to_file` without the output.
-    """
-    gen, s0, n = _plan(model, seed, duration_s, start_s, gen_kw)
-    return _run(gen, n_detectors, s0, n, lambda c0, c: None, chunk_samples=chunk_samples, progress=progress, desc="generate (checksum)")
+    """Generate ``duration_s`` seconds from ``start_s`` and only checksum them (no output): the benchmark sink."""
+    s0, n = _span(generator, duration_s, start_s)
+    return run(generator, detectors, s0, n, ChecksumSink(), chunk_samples=chunk_samples, progress=progress)
 
 
 def stream_raw(
-    model,
+    generator: TodGenerator,
     out: BinaryIO,
     duration_s: float,
-    n_detectors: int | Sequence[int] = 1,
-    seed: int = 0,
+    detectors: int | Sequence[int] = 1,
     *,
     start_s: float = 0.0,
     chunk_samples: int = DEFAULT_CHUNK_SAMPLES,
     progress: bool | None = None,
-    **gen_kw: Any,
 ) -> GenerationStats:
-    """Stream raw float32 (native little-endian) samples to a binary file object (e.g. stdout).
-
-    Chunk by chunk, each chunk C-ordered (n_detectors, n): for one detector,
-    simply the series.
-    """
-    gen, s0, n = _plan(model, seed, duration_s, start_s, gen_kw)
-
-    def sink(c0: int, chunk: np.ndarray) -> None:
-        out.write(np.ascontiguousarray(chunk, dtype="<f4").tobytes())
-
-    stats = _run(gen, n_detectors, s0, n, sink, chunk_samples=chunk_samples, progress=progress, desc="generate (stream)")
-    out.flush()
-    return stats
+    """Stream raw float32 (little-endian) samples to a binary file object (see :class:`RawStreamSink`)."""
+    s0, n = _span(generator, duration_s, start_s)
+    return run(generator, detectors, s0, n, RawStreamSink(out), chunk_samples=chunk_samples, progress=progress)
 
 
 def generate_to_file(
-    model,
+    generator: TodGenerator,
     out: str | os.PathLike,
     duration_s: float,
-    n_detectors: int | Sequence[int] = 1,
-    seed: int = 0,
+    detectors: int | Sequence[int] = 1,
     *,
     start_s: float = 0.0,
     chunk_samples: int = DEFAULT_CHUNK_SAMPLES,
@@ -205,21 +113,22 @@ def generate_to_file(
     progress: bool | None = None,
     detector_names: Sequence[str] | None = None,
     run_config: dict[str, Any] | None = None,
-    **gen_kw: Any,
 ) -> GenerationStats:
     """Generate TOD into an HDF5 file (``crab.io.tod`` layout, no ``events`` group).
 
+    Under ``mpirun`` with several ranks the file is written by every rank
+    (:class:`crab.generation.mpi.MpiFileSink`), with the same bytes.
+
     Parameters
     ----------
-    model : TrainedModel, TemplateModel or TodGenerator
+    generator : TodGenerator
+        What to generate with; its seed is the one written to the file.
     out : path-like
-        Final file name; written under a temporary name and renamed when
-        complete (a failed or killed run leaves nothing under ``out``).
+        Final file name (see :class:`crab.generation.sinks.Hdf5FileSink`).
     duration_s : float
         Duration to generate (s).
-    n_detectors : int or sequence of int
+    detectors : int or sequence of int
         Number of detectors (keys 0..n-1) or explicit detector keys.
-    seed : int
     start_s : float
         Time of the first sample (s): the file holds exactly the samples a
         run from 0 would have there.
@@ -233,27 +142,23 @@ def generate_to_file(
         Names stored in the file (default ``W00_D000, ...``).
     run_config : dict, optional
         Extra entries for the run record (``config`` attribute).
-    **gen_kw
-        ``cond``, ``allow_extrapolation``, ``n_workers``, ``tile_latents``, ``backend`` (:class:`TodGenerator`).
     """
     from crab import __version__
     from crab.core.provenance import run_record
-    from crab.io.tod import TodMetadata, TodWriter
+    from crab.io.tod import TodMetadata
 
-    path = Path(out)
-    if path.exists() and not overwrite:
-        raise InputError(f"output file {path} exists (use overwrite / --overwrite to replace it)")
-    if not path.parent.exists():
-        raise InputError(f"output folder {path.parent} does not exist")
-    gen, s0, n = _plan(model, seed, duration_s, start_s, gen_kw)
-    fs = gen.sampling_rate_hz
-    n_det = len(gen._rows(n_detectors))
-    names = list(detector_names) if detector_names is not None else gen.detector_names(n_detectors)
+    path = check_output_file(out, overwrite=overwrite)
+    s0, n = _span(generator, duration_s, start_s)
+    generator.source.check_span(s0, s0 + n)  # before any output is opened
+    fs = generator.sampling_rate_hz
+    seed = generator.seed
+    n_det = len(generator._rows(detectors))
+    names = list(detector_names) if detector_names is not None else generator.detector_names(detectors)
     if len(names) != n_det:
         raise InputError(f"{len(names)} detector names for {n_det} detectors")
-    model_path = getattr(gen.model, "path", None)
+    model_path = getattr(generator.model, "path", None)
     config = {
-        "method": gen.kind,
+        "method": generator.kind,
         "model": None if model_path is None else str(model_path),
         "duration_s": n / fs,
         "start_s": s0 / fs,
@@ -261,45 +166,26 @@ def generate_to_file(
         "n_samples": n,
         "sampling_rate_hz": fs,
         "detectors": names,
-        "detector_keys": n_detectors if isinstance(n_detectors, (int, np.integer)) else [int(d) for d in n_detectors],
-        "generation": gen.describe(),
+        "detector_keys": detectors if isinstance(detectors, (int, np.integer)) else [int(d) for d in detectors],
+        "generation": generator.describe(),
         **(run_config or {}),
     }
     meta = TodMetadata(
         sampling_rate_hz=fs,
         detectors=names,
         start_time_s=s0 / fs,
-        units=gen.source.units,
-        kind=gen.kind,
-        config=run_record(config, seed, method=gen.kind, model_path=config["model"]),
+        units=generator.source.units,
+        kind=generator.kind,
+        config=run_record(config, seed, method=generator.kind, model_path=config["model"]),
         seed=seed,
         crab_version=__version__,
-        description=f"CRAB {gen.kind} generation",
+        description=f"CRAB {generator.kind} generation",
     )
-    comm = _mpi_world()
-    if comm is not None:  # launched by mpirun/srun with several ranks: split the work (crab.generation.mpi)
-        from crab.generation.mpi import generate_distributed
-
-        stats = generate_distributed(gen, path, meta, n_detectors, s0, n, comm=comm, chunk_samples=chunk_samples, overwrite=overwrite, progress=progress)
-        stats.path = path
-        return stats
-    with TodWriter(path, meta, n_samples=n, chunk_samples=min(HDF5_CHUNK_SAMPLES, n), overwrite=overwrite) as w:
-        stats = _run(gen, n_detectors, s0, n, lambda c0, c: w.write(c), chunk_samples=chunk_samples, progress=progress, desc="generate")
-        w.dataset.attrs["checksum_sha256"] = stats.checksum
-    stats.path = path
-    return stats
-
-
-def _mpi_world():
-    """The MPI communicator when launched with several ranks (see :mod:`crab.generation.mpi`), else None."""
-    try:
-        from crab.generation.mpi import world
-    except ImportError:  # pragma: no cover - crab.generation.mpi is optional
-        return None
-    return world()
+    comm = mpi.world()
+    sink: Sink = Hdf5FileSink(path, meta, overwrite=overwrite) if comm is None else mpi.MpiFileSink(path, meta, comm=comm, overwrite=overwrite)
+    return run(generator, detectors, s0, n, sink, chunk_samples=chunk_samples, progress=progress)
 
 
 def is_root_process() -> bool:
     """False on MPI ranks other than 0 (they print no summaries)."""
-    comm = _mpi_world()
-    return comm is None or comm.Get_rank() == 0
+    return mpi.is_root()

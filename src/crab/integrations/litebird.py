@@ -60,8 +60,8 @@ _K_B = 1.380649e-23
 T_CMB_K = 2.72548
 
 
-class TodSource(Protocol):
-    """What CRAB needs of a generator: slice-exact TOD for detector keys and absolute samples."""
+class SliceGenerator(Protocol):
+    """What the bridge needs of a generator: slice-exact TOD for detector keys and absolute samples."""
 
     def generate(self, detector_keys: Sequence[int], start_sample: int, n_samples: int) -> np.ndarray:
         """float32 ``(len(detector_keys), n_samples)`` in pW, samples ``[start_sample, start_sample + n_samples)``."""
@@ -159,16 +159,16 @@ def detector_keys(names: Iterable[str]) -> list[int]:
     return [rng.detector_key(str(n)) for n in names]
 
 
-def make_source(model: Any, seed: int, sampling_rate_hz: float, *, n_workers: int | None = None, cond: Any = None, allow_extrapolation: bool = False) -> TodSource:
+def make_source(model: Any, seed: int, sampling_rate_hz: float, *, n_workers: int | None = None, cond: Any = None, allow_extrapolation: bool = False) -> SliceGenerator:
     """A slice-exact generator for ``model`` with ``seed`` at ``sampling_rate_hz``.
 
     ``model`` may be
 
-    * a trained model directory (path), a :class:`crab.models.gan.store.TrainedModel`
-      or a :class:`crab.models.template.template.TemplateModel`: wrapped in
-      :class:`crab.generation.engine.TodGenerator` ``(model, seed, cond=cond, n_workers=n_workers)``;
+    * a stored model (path, loaded by :func:`crab.models.registry.load_generation_model`)
+      or a loaded one (:class:`crab.models.base.GenerativeModel`): wrapped in
+      :class:`crab.generation.TodGenerator` ``(model, seed, n_workers=n_workers, cond=cond)``;
     * a ready generator with ``generate(detector_keys, start_sample, n_samples)``
-      (a :class:`~crab.generation.engine.TodGenerator`, or ``generate_many`` like
+      (a :class:`~crab.generation.TodGenerator`, or ``generate_many`` like
       :class:`crab.physics.noise.NoiseGenerator`): it carries its own seed, which must
       equal ``seed``;
     * a callable ``model(seed, sampling_rate_hz) -> generator`` (a factory).
@@ -180,12 +180,9 @@ def make_source(model: Any, seed: int, sampling_rate_hz: float, *, n_workers: in
     """
     seed = rng.check_seed(seed)
     if isinstance(model, (str, os.PathLike)):
-        from crab import generation  # noqa: PLC0415 - torch is imported only when a model is used
+        from crab.models.registry import load_generation_model  # noqa: PLC0415 - torch is imported only when a GAN is used
 
-        loader = getattr(generation, "load_generation_model", None)
-        if loader is None:  # pragma: no cover - older generation module
-            from crab.models.gan.store import load_model as loader
-        model = loader(model)
+        model = load_generation_model(model)
     if hasattr(model, "generate_many") or hasattr(model, "generate"):
         source = model
         own = getattr(model, "seed", None)
@@ -196,7 +193,8 @@ def make_source(model: Any, seed: int, sampling_rate_hz: float, *, n_workers: in
     else:
         from crab.generation import TodGenerator  # noqa: PLC0415
 
-        source = TodGenerator(model, seed, cond=cond, allow_extrapolation=allow_extrapolation, n_workers=n_workers)
+        options = {k: v for k, v in (("cond", cond), ("allow_extrapolation", allow_extrapolation or None)) if v is not None}
+        source = TodGenerator(model, seed, n_workers=n_workers, **options)
     rate = getattr(source, "output_rate_hz", getattr(source, "sampling_rate_hz", None))
     if rate is not None and not np.isclose(float(rate), float(sampling_rate_hz), rtol=1e-9, atol=0):
         raise InputError(f"the model generates {float(rate):g} Hz TOD, but the TOD is sampled at {float(sampling_rate_hz):g} Hz; use a model trained at that rate")
@@ -392,7 +390,7 @@ def params_to_dict(params: CosmicRayParams) -> dict[str, Any]:
 
 __all__ = [
     "CosmicRayParams",
-    "TodSource",
+    "SliceGenerator",
     "absolute_start_sample",
     "add_cosmic_rays",
     "apply_cosmic_rays_to_observations",

@@ -1,27 +1,49 @@
-"""The contract every generative method implements for the streaming engine.
+"""The contract every generative method implements.
 
-A method produces fixed **tiles** of TOD: tile ``t`` of detector key ``k``
-covers samples ``[t * tile_samples, (t + 1) * tile_samples)`` and depends
-only on ``(seed, k, t)``, so the engine (:mod:`crab.generation`) can
-compute any span, in any order, on any number of threads or processes.
+A generative method is one folder under :mod:`crab.models` (``gan``,
+``template``) and one line of :data:`crab.models.registry.METHODS`.  It provides
+
+fit / train
+    A function that makes a model from Monte Carlo TOD (``crab train`` for the
+    GAN: :func:`crab.models.gan.training.train`; the template:
+    :func:`crab.models.template.fitting.fit_template_file`).
+save
+    A function that writes the model into a model directory or file, with a
+    ``format`` / ``format_version`` record (:func:`crab.core.formats.format_record`).
+load
+    ``load(path, sampling_rate_hz=None) -> GenerativeModel``, named in the
+    registry; it checks the format (:func:`crab.core.formats.check_format`) and
+    the sampling rate and raises :class:`crab.core.errors.ModelCompatibilityError`
+    with a one-line message saying how to get a usable model.
+a tile source
+    The loaded model's :meth:`GenerativeModel.tile_source` returns a
+    :class:`TileSource`: fixed **tiles** of TOD, where tile ``t`` of detector
+    key ``k`` covers samples ``[t * tile_samples, (t + 1) * tile_samples)``
+    and depends only on ``(seed, k, t)``, so the engine (:mod:`crab.generation`)
+    can compute any span, in any order, on any number of threads or processes.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
+from crab.core.errors import InputError
+
 
 class TileSource:
-    """What :class:`TodGenerator` needs from a method: fixed tiles of TOD.
+    """What :class:`crab.generation.TodGenerator` needs from a method: fixed tiles of TOD.
 
     Attributes
     ----------
     kind : str
-        ``"gan"`` or ``"template"`` (the file's ``kind``).
+        The method's name in :data:`crab.models.registry.METHODS` (``"gan"``, ``"template"``).
     sampling_rate_hz : float
+        Sampling rate of the tiles (Hz).
     units : str
+        TOD units of the tiles (e.g. ``"pW"``).
     tile_samples : int
         Samples per tile.
     rows : int
@@ -47,3 +69,48 @@ class TileSource:
 
     def check_span(self, start_sample: int, stop_sample: int) -> None:
         """Raise :class:`InputError` if ``[start_sample, stop_sample)`` cannot be generated."""
+
+
+@runtime_checkable
+class GenerativeModel(Protocol):
+    """A loaded model of any generative method.
+
+    Attributes
+    ----------
+    kind : str
+        The method's name in :data:`crab.models.registry.METHODS`.
+    sampling_rate_hz : float
+        Sampling rate the model was made for (Hz).
+    units : str
+        TOD units of what it generates.
+    path : path-like or None
+        Where it was loaded from (None if never saved).
+    """
+
+    kind: str
+    sampling_rate_hz: float
+    units: str
+    path: os.PathLike | str | None
+
+    def tile_source(self, seed: int, **options: Any) -> TileSource:
+        """The tiles of TOD for ``seed``.
+
+        ``options`` are the method's generation options (the GAN: ``cond``,
+        ``allow_extrapolation``, ``tile_latents``, ``backend``).  An option
+        given as ``None`` (or ``False``, a flag left off) counts as not given; a method raises
+        :class:`InputError` for any other option it does not take.
+        """
+        ...
+
+
+def reject_options(kind: str, options: Mapping[str, Any], hints: Mapping[str, str] | None = None) -> None:
+    """Raise :class:`InputError` for the ``options`` (other than None or False) that the method ``kind`` does not take.
+
+    ``hints`` maps an option to the message to give instead of the generic one.
+    """
+    given = [k for k, v in options.items() if v is not None and v is not False]
+    for k in given:
+        if hints and k in hints:
+            raise InputError(hints[k])
+    if given:
+        raise InputError(f"the {kind} method takes no generation option {', '.join(sorted(given))}")

@@ -1,4 +1,15 @@
-"""The GAN as a tile source of the streaming engine."""
+"""The streaming GAN as a tile source of the engine.
+
+The generator is fully convolutional over a latent sequence, one latent vector
+per ``upsample_factor`` samples, with a finite receptive field of
+``margin_latents`` latent steps.  Tile ``t`` is computed from latent steps
+``[t*TL - M, (t+1)*TL + M)`` (``TL`` latent steps per tile, ``M`` the margin)
+and cropped to its own samples, so neighbouring tiles see the same latents
+around their join: no seam by construction.  The output is mapped to TOD
+units with the model's transform and, for a model trained on high-passed
+data, the slow drifts are added back by a noise generator keyed on the
+detector (stream ``"gan_noise"``).
+"""
 
 from __future__ import annotations
 
@@ -45,7 +56,7 @@ def _schedule_for(model, cond, allow_extrapolation: bool):
 
 
 class GanSource(TileSource):
-    """Tiles of a trained GAN (streaming or paper architecture), in TOD units.
+    """Tiles of a trained streaming GAN, in TOD units.
 
     Parameters
     ----------
@@ -59,7 +70,7 @@ class GanSource(TileSource):
     allow_extrapolation : bool
         Accept conditions outside the trained range (otherwise an error).
     tile_latents : int
-        Latent steps per tile (streaming architecture).
+        Latent steps per tile (changes the bytes; recorded in the run record).
     backend : str
         ``"auto"`` (the fast rewrite, checked against the module; the module
         if the check fails), ``"fast"`` (error if not applicable) or ``"module"``.
@@ -90,36 +101,28 @@ class GanSource(TileSource):
         if model.noise_params is not None and model.highpass_hz:
             self._noise_args = (model.noise_params, self.sampling_rate_hz, self.seed, "gan_noise", float(model.highpass_hz))
         self.backend = "module"
-        if self.streaming:
-            self.f = int(cfg.upsample_factor)
-            self.margin = int(self.gen.margin_latents)
-            self.tile_latents = int(tile_latents)
-            if self.tile_latents < 1:
-                raise InputError(f"tile_latents must be >= 1, got {tile_latents}")
-            self.tile_samples = self.tile_latents * self.f
-            self._fast = None
-            if backend not in ("auto", "fast", "module"):
-                raise InputError(f"backend must be 'auto', 'fast' or 'module', got {backend!r}")
-            if backend != "module":
-                try:
-                    fast = _FastStreamingNet(self.gen)
-                    if fast.offset > self.f * self.margin or fast.right_loss > self.f * self.margin:
-                        raise _Unsupported("receptive field wider than margin_latents")
-                    self._check_fast(fast)
-                    self._fast = fast
-                    self.backend = "fast"
-                except _Unsupported as exc:
-                    if backend == "fast":
-                        raise InputError(f"fast inference is not available for this generator: {exc}") from None
-        else:
-            self.window = int(model.window_samples)
-            self.overlap = max(2, (self.window // 4) // 2 * 2)
-            self.hop = self.window - self.overlap
-            self.tile_samples = self.hop * max(1, int(round(16 * 1024 / self.hop)))
-            self.n_windows = self.tile_samples // self.hop + 2
-            s = (np.arange(self.overlap) + 0.5) / self.overlap
-            self._fade_out = np.cos(0.5 * np.pi * s).astype(np.float32)
-            self._fade_in = np.sin(0.5 * np.pi * s).astype(np.float32)
+        if not self.streaming:
+            raise InputError("generator_arch 'paper' (independent windows joined by a cross-fade) is no longer supported; retrain the model with `crab train`")
+        self.f = int(cfg.upsample_factor)
+        self.margin = int(self.gen.margin_latents)
+        self.tile_latents = int(tile_latents)
+        if self.tile_latents < 1:
+            raise InputError(f"tile_latents must be >= 1, got {tile_latents}")
+        self.tile_samples = self.tile_latents * self.f
+        self._fast = None
+        if backend not in ("auto", "fast", "module"):
+            raise InputError(f"backend must be 'auto', 'fast' or 'module', got {backend!r}")
+        if backend != "module":
+            try:
+                fast = _FastStreamingNet(self.gen)
+                if fast.offset > self.f * self.margin or fast.right_loss > self.f * self.margin:
+                    raise _Unsupported("receptive field wider than margin_latents")
+                self._check_fast(fast)
+                self._fast = fast
+                self.backend = "fast"
+            except _Unsupported as exc:
+                if backend == "fast":
+                    raise InputError(f"fast inference is not available for this generator: {exc}") from None
 
     # ---------------------------------------------------------------- helpers
     def _key(self, key: int) -> np.ndarray:
@@ -208,64 +211,30 @@ class GanSource(TileSource):
         import torch
 
         c = self.tile_cond(t)
-        if self.streaming:
-            n = self.tile_latents + 2 * self.margin
-            z = torch.from_numpy(latent_sequence(self._key(key), t * self.tile_latents - self.margin, n, self.z_dim))
-            lo = self.f * self.margin
-            with torch.inference_mode():
-                linear = self._fast is not None and self._fast.additive is not None
-                if self._fast is not None:
-                    a = lo - self._fast.offset
-                    y = self._run_fast(self._fast, z, c, linear)[:, a : a + self.tile_samples]
-                else:
-                    y = self.gen(z.T.contiguous()[None], self._cond_tensor(c))[0, :, lo : lo + self.tile_samples].numpy()
-            # additive glitches: sinh(k y) + pulses already (linear), x = x0 + s * that (no asinh and sinh again)
-            out = self._inverse(np.ascontiguousarray(y, dtype=np.float32), linear)
-        else:
-            out = self._paper_tile(key, t, c)
+        n = self.tile_latents + 2 * self.margin
+        z = torch.from_numpy(latent_sequence(self._key(key), t * self.tile_latents - self.margin, n, self.z_dim))
+        lo = self.f * self.margin
+        with torch.inference_mode():
+            linear = self._fast is not None and self._fast.additive is not None
+            if self._fast is not None:
+                a = lo - self._fast.offset
+                y = self._run_fast(self._fast, z, c, linear)[:, a : a + self.tile_samples]
+            else:
+                y = self.gen(z.T.contiguous()[None], self._cond_tensor(c))[0, :, lo : lo + self.tile_samples].numpy()
+        # additive glitches: sinh(k y) + pulses already (linear), x = x0 + s * that (no asinh and sinh again)
+        out = self._inverse(np.ascontiguousarray(y, dtype=np.float32), linear)
         self._add_noise(out, key, t)
         return out
 
-    def _paper_tile(self, key: int, t: int, c: np.ndarray | None) -> np.ndarray:
-        """Overlapping independent windows joined by an equal-power cross-fade (approximate joins)."""
-        import torch
-
-        H, O, W = self.hop, self.overlap, self.window
-        w0 = (t * self.tile_samples) // H - 1  # window w covers samples [w*H, w*H + W)
-        zs = latent_sequence(self._key(key), w0, self.n_windows, self.z_dim)
-        with torch.inference_mode():
-            y = self.gen(torch.from_numpy(zs), self._cond_tensor(c, self.n_windows)).numpy()  # (n_windows, rows, W)
-        y = self._inverse(np.array(y, dtype=np.float32)) - np.float32(self._tf[0])
-        out = np.empty((self.rows, self.tile_samples), np.float32)
-        s0 = t * self.tile_samples
-        for i in range(self.n_windows):
-            w = w0 + i
-            a, b = max(w * H, s0), min(w * H + H, s0 + self.tile_samples)  # body: [wH + O, wH + H) plus fade [wH, wH + O)
-            if a >= b:
-                continue
-            seg = y[i, :, a - w * H : b - w * H].copy()
-            # fade-in region of window w: first O samples, mixed with the tail of window w - 1
-            f_hi = min(b, w * H + O)
-            if a < f_hi:
-                j0, j1 = a - w * H, f_hi - w * H
-                prev = y[i - 1, :, j0 + H : j1 + H] if i > 0 else 0.0
-                seg[:, : j1 - j0] = self._fade_in[j0:j1] * y[i, :, j0:j1] + self._fade_out[j0:j1] * prev
-            out[:, a - s0 : b - s0] = seg
-        out += np.float32(self._tf[0])
-        return out
-
     def describe(self) -> dict[str, Any]:
-        d = {
+        return {
             "method": "gan",
-            "generator_arch": "streaming" if self.streaming else "paper",
+            "generator_arch": "streaming",
             "tile_samples": self.tile_samples,
             "backend": self.backend,
             "latents": "Philox(key of rng.generator(seed, 'gan_latent', detector), counter = latent step) + Box-Muller float32",
             "lf_noise": None if self._noise_args is None else {"stream": "gan_noise", "lowpass_hz": self._noise_args[4]},
             "cond": None if self.schedule is None else self.schedule.to_dict(),
+            "tile_latents": self.tile_latents,
+            "margin_latents": self.margin,
         }
-        if self.streaming:
-            d.update(tile_latents=self.tile_latents, margin_latents=self.margin)
-        else:
-            d.update(window_samples=self.window, overlap_samples=self.overlap, crossfade="equal-power sin/cos (approximate joins)")
-        return d

@@ -1,4 +1,4 @@
-"""Saving and loading trained models for generation (``model.pt`` in a model directory).
+"""The GAN's stored model: saving and loading ``model.pt`` in a model directory.
 
 See ``docs/design.md``: ``model.pt`` is a plain dict saved with
 :func:`torch.save` and loaded with ``weights_only=True`` (no pickled code).
@@ -18,6 +18,8 @@ import torch
 
 from crab import __version__
 from crab.core.errors import ModelCompatibilityError
+from crab.core.formats import check_format, format_record
+from crab.models.base import TileSource, reject_options
 from crab.models.gan.network import Generator, ModelConfig
 from crab.physics.noise import NoiseParams
 from crab.core.provenance import atomic_write_bytes
@@ -73,6 +75,28 @@ class TrainedModel:
     extra: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
+    #: The method's name in :data:`crab.models.registry.METHODS`.
+    kind = "gan"
+
+    def tile_source(
+        self, seed: int, *, cond=None, allow_extrapolation: bool = False, tile_latents: int | None = None, backend: str | None = None, **options: Any
+    ) -> TileSource:
+        """The GAN's tiles for ``seed`` (:class:`crab.models.gan.source.GanSource`).
+
+        Parameters
+        ----------
+        seed : int
+        cond, allow_extrapolation, tile_latents, backend
+            See :class:`~crab.models.gan.source.GanSource` (None: the default).
+        """
+        from crab.models.gan.source import DEFAULT_TILE_LATENTS, GanSource
+
+        reject_options("gan", options)
+        return GanSource(
+            self, seed, cond=cond, allow_extrapolation=bool(allow_extrapolation),
+            tile_latents=DEFAULT_TILE_LATENTS if tile_latents is None else tile_latents, backend="auto" if backend is None else backend,
+        )
+
 
 def save_model(
     path: str | os.PathLike,
@@ -104,9 +128,7 @@ def save_model(
             raise ValueError(f"the generator adds glitches with transform_out_scale {k}, but the transform's out_scale is {transform.out_scale}")
         cfg = dataclasses.replace(cfg, transform_out_scale=float(transform.out_scale))
     payload = {
-        "format": MODEL_FORMAT,
-        "format_version": MODEL_FORMAT_VERSION,
-        "crab_version": __version__,
+        **format_record(MODEL_FORMAT, MODEL_FORMAT_VERSION),
         "model_config": cfg.to_dict(),
         "generator_state": {k: v.detach().cpu().clone() for k, v in generator.state_dict().items()},
         "transform": transform.to_dict(),
@@ -158,12 +180,11 @@ def load_model(
         d = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many kinds on corrupt files
         raise ModelCompatibilityError(f"{f}: cannot be read as a CRAB model ({exc.__class__.__name__})") from None
-    if not isinstance(d, dict) or d.get("format") != MODEL_FORMAT:
-        raise ModelCompatibilityError(f"{f}: not a CRAB model file")
-    if d.get("format_version") != MODEL_FORMAT_VERSION:
+    check_format(d, name=MODEL_FORMAT, version=MODEL_FORMAT_VERSION, where=f, what="CRAB model", remedy="retrain the model with `crab train`")
+    stored_cfg = d.get("model_config")
+    if isinstance(stored_cfg, dict) and stored_cfg.get("generator_arch") == "paper":
         raise ModelCompatibilityError(
-            f"{f}: model format version {d.get('format_version')} (written by crab {d.get('crab_version')}) "
-            f"is not supported by crab {__version__}, which reads version {MODEL_FORMAT_VERSION}; retrain the model"
+            f"{f}: generator_arch 'paper' (independent windows joined by a cross-fade) is no longer supported by crab {__version__}; retrain the model with `crab train`"
         )
     rate = float(d["sampling_rate_hz"])
     if sampling_rate_hz is not None and not np.isclose(rate, sampling_rate_hz, rtol=1e-9, atol=0):

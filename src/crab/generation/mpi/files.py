@@ -1,46 +1,6 @@
-"""Distributing TOD generation over MPI processes (optional extra ``crab-tod[mpi]``).
+"""Writing one TOD file from per-rank parts: the parts, the virtual-dataset file, consolidation.
 
-A TOD file is a grid ``(n_detectors, n_samples)``.  Under ``mpirun -n N`` the
-grid is cut into ``N`` rectangular *tiles*, ``n_blocks_det x n_blocks_time``
-(detectors first, since detectors are independent; time blocks only where
-there are more ranks than a detector split can feed), one per rank, in the
-same way litebird_sim's ``Observation(n_blocks_det=..., n_blocks_time=...)``
-lays out its data.
-
-Each rank computes its tile, chunk by chunk (bounded memory), with a *tile
-function* ``tile_fn(rows, start_sample, n_samples) -> (len(rows), n_samples)``
-and writes it to its own part file, itself a complete CRAB TOD file of that
-tile.  When every rank has succeeded, rank 0 writes the output file: the same
-layout and attributes as :class:`crab.io.tod.TodWriter` (see ``docs/design.md``),
-whose ``/tod`` is an HDF5 *virtual dataset* mapping each tile to its part::
-
-    out.h5                    /tod virtual (n_detectors, n_samples) + root attributes
-    out.h5.parts/part-0000.h5 rank 0's tile (a CRAB TOD file; attribute crab_part)
-    out.h5.parts/part-0001.h5 ...
-
-HDF5 resolves the parts relative to the folder of ``out.h5``: move or copy the
-file together with its ``.parts`` folder.  :func:`consolidate` (``consolidate=True``)
-copies the virtual dataset into one self-contained file and removes the parts.
-
-Atomicity: parts are written into a hidden temporary folder; the folder is
-renamed to ``out.h5.parts`` and the output file renamed to ``out.h5`` only if
-all ranks succeeded (an ``allgather`` of every rank's status).  If any rank
-raises, the temporary folder is removed, nothing appears under the final
-names, and every rank raises :class:`DistributedError` naming the failing
-rank(s) and their exception.  (A rank killed outright, e.g. by the out-of-memory
-killer, makes the MPI runtime abort the whole job; hidden ``.tmp`` folders may
-then remain, never a file under the final name.)
-
-Bitwise reproducibility: with a tile function that is *slice-exact* (a
-sample's value depends only on the seed, the detector and the absolute sample
-index, never on which other detectors or samples are computed in the same
-call, which :mod:`crab.generation.engine` guarantees) the assembled ``/tod`` has the
-same bytes as a single-process run with the same seed, whatever the number of
-ranks.
-
-The core never needs MPI: without ``mpi4py``, or when not launched by an MPI
-runtime, :func:`world` returns ``None`` and :func:`write_distributed` writes
-one ordinary file.
+See :mod:`crab.generation.mpi` for the layout and the atomicity guarantees.
 """
 
 from __future__ import annotations
@@ -48,20 +8,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 import shutil
 import traceback
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import h5py
 import numpy as np
 
-from crab.io import tod as tod_io
-from crab.core.errors import CrabError, InputError
+from crab.core.errors import InputError
+from crab.core.paths import check_output_file
 from crab.core.progress import bar
+from crab.generation.mpi.launch import DistributedError
+from crab.generation.mpi.split import Tile, plan_tiles
+from crab.io import tod as tod_io
 
 #: ``tile_fn(rows, start_sample, n_samples)``: TOD of detector rows ``rows``
 #: (indices into the file's detector list) for samples
@@ -76,134 +38,9 @@ TileFn = Callable[[np.ndarray, int, int], np.ndarray]
 #: prefetch across chunks.
 TileChunks = Callable[[np.ndarray, int, int, int], Iterator[tuple[int, np.ndarray]]]
 
-#: Environment variables set by MPI launchers (MPICH/Hydra, Intel MPI, Slurm
-#: PMI-2: ``PMI_SIZE``; Open MPI: ``OMPI_COMM_WORLD_SIZE``; MVAPICH:
-#: ``MV2_COMM_WORLD_SIZE``; PMIx launchers: ``PMIX_RANK``).
-_LAUNCHER_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
-_LAUNCHER_FLAG_VARS = ("PMIX_RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK")
-
 PART_ATTR = "crab_part"
 
 
-class DistributedError(CrabError):
-    """One or more MPI ranks failed; the message names them and their exceptions."""
-
-
-# --------------------------------------------------------------------------- launch
-def launcher_size() -> int | None:
-    """Number of processes the MPI launcher started, from its environment, or ``None``.
-
-    ``CRAB_MPI=0`` forces serial mode (returns ``None``); ``CRAB_MPI=1`` forces
-    MPI (returns ``0``: size unknown until ``mpi4py`` is imported).
-    """
-    force = os.environ.get("CRAB_MPI", "").strip().lower()
-    if force in ("0", "no", "false", "off"):
-        return None
-    for var in _LAUNCHER_SIZE_VARS:
-        v = os.environ.get(var)
-        if v:
-            try:
-                return int(v)
-            except ValueError:
-                pass
-    if force in ("1", "yes", "true", "on") or any(os.environ.get(v) for v in _LAUNCHER_FLAG_VARS):
-        return 0
-    return None
-
-
-def world() -> Any | None:
-    """``mpi4py.MPI.COMM_WORLD`` when launched by ``mpirun``/``srun`` with several processes, else ``None``.
-
-    ``mpi4py`` is imported only in that case, so serial runs never initialise MPI.
-
-    Raises
-    ------
-    CrabError
-        Launched with several MPI processes but ``mpi4py`` is not installed
-        (each process would otherwise write the whole output on its own).
-    """
-    size = launcher_size()
-    if size is None or size == 1:
-        return None
-    try:
-        from mpi4py import MPI
-    except ImportError:
-        raise CrabError(
-            f"launched by an MPI runtime with {size or 'several'} processes, but mpi4py is not installed: "
-            "install the extra with `pip install 'crab-tod[mpi]'` (or run without mpirun; CRAB_MPI=0 forces serial mode)"
-        ) from None
-    comm = MPI.COMM_WORLD
-    return comm if comm.Get_size() > 1 else None
-
-
-# --------------------------------------------------------------------------- work split
-@dataclass(frozen=True)
-class Tile:
-    """The part of the ``(n_detectors, n_samples)`` grid computed by one rank.
-
-    Attributes
-    ----------
-    rank : int
-        MPI rank that computes it.
-    det_start, det_stop : int
-        Detector rows ``[det_start, det_stop)``.
-    sample_start, sample_stop : int
-        Samples ``[sample_start, sample_stop)`` (relative to the file's sample 0).
-    """
-
-    rank: int
-    det_start: int
-    det_stop: int
-    sample_start: int
-    sample_stop: int
-
-    @property
-    def n_detectors(self) -> int:
-        return self.det_stop - self.det_start
-
-    @property
-    def n_samples(self) -> int:
-        return self.sample_stop - self.sample_start
-
-    @property
-    def empty(self) -> bool:
-        return self.n_detectors <= 0 or self.n_samples <= 0
-
-
-def split_grid(n_ranks: int, n_detectors: int, n_samples: int) -> tuple[int, int]:
-    """``(n_blocks_det, n_blocks_time)`` with product ``n_ranks``: as many detector blocks as possible.
-
-    The detector split is the largest divisor of ``n_ranks`` not above
-    ``n_detectors``; the rest of the ranks split time.
-    """
-    if n_ranks < 1 or n_detectors < 1 or n_samples < 0:
-        raise InputError(f"cannot split {n_detectors} detectors x {n_samples} samples over {n_ranks} ranks")
-    n_det_blocks = max(d for d in range(1, min(n_ranks, n_detectors) + 1) if n_ranks % d == 0)
-    return n_det_blocks, n_ranks // n_det_blocks
-
-
-def _even_bounds(n: int, parts: int, align: int = 1) -> list[int]:
-    """``parts + 1`` boundaries splitting ``range(n)`` as evenly as possible, inner ones multiples of ``align``."""
-    units = -(-n // align) if align > 1 else n
-    b = [min(n, (units * i // parts) * align) for i in range(parts + 1)]
-    b[-1] = n
-    return b
-
-
-def plan_tiles(n_ranks: int, n_detectors: int, n_samples: int, *, align_samples: int = 1) -> list[Tile]:
-    """One :class:`Tile` per rank covering the grid exactly once (some may be empty).
-
-    Rank ``r`` gets detector block ``r // n_blocks_time`` and time block
-    ``r % n_blocks_time`` (litebird_sim's order).  Time-block boundaries are
-    multiples of ``align_samples`` (e.g. the HDF5 chunk length).
-    """
-    nbd, nbt = split_grid(n_ranks, n_detectors, n_samples)
-    db = _even_bounds(n_detectors, nbd)
-    tb = _even_bounds(n_samples, nbt, max(1, int(align_samples)))
-    return [Tile(r, db[r // nbt], db[r // nbt + 1], tb[r % nbt], tb[r % nbt + 1]) for r in range(n_ranks)]
-
-
-# --------------------------------------------------------------------------- files
 def parts_dir(path: str | os.PathLike) -> Path:
     """The folder holding the per-rank parts of output ``path`` (``<name>.parts`` beside it)."""
     p = Path(path)
@@ -370,7 +207,7 @@ def write_distributed(
         arguments of :func:`crab.io.litebird_layout.add_litebird_layout` (``{}`` for the defaults).
     checksum : bool
         Store the :class:`RowDigests` checksum (same value as
-        :class:`crab.generation.engine.Checksum`) as the ``/tod`` attribute
+        :class:`crab.io.tod.TodChecksum`) as the ``/tod`` attribute
         ``checksum_sha256``.  Computed while writing when every tile holds
         whole rows; with a time split rank 0 reads the assembled file once.
     progress : bool
@@ -397,8 +234,7 @@ def write_distributed(
     if (tile_fn is None) == (tile_chunks is None):
         raise InputError("give exactly one of tile_fn and tile_chunks")
     if comm is None or comm.Get_size() == 1:
-        if not overwrite and path.exists():
-            raise InputError(f"output file {path} exists (pass overwrite to replace it)")
+        check_output_file(path, overwrite=overwrite, option="overwrite")
         return _write_serial(path, meta, n_samples, tile_fn, tile_chunks, chunk_samples, overwrite, progress, litebird, checksum)
 
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -408,10 +244,9 @@ def write_distributed(
     setup: tuple[str | None, str | None] = (None, None)
     if rank == 0:
         try:
-            if not path.parent.is_dir():
-                raise InputError(f"output folder {path.parent} does not exist")
-            if not overwrite and (path.exists() or final_parts.exists()):
-                raise InputError(f"output file {path} exists (pass overwrite to replace it)")
+            check_output_file(path, overwrite=overwrite, option="overwrite")
+            if not overwrite and final_parts.exists():
+                raise InputError(f"output parts {final_parts} exist (use overwrite to replace them)")
             tmp = path.with_name(f".{path.name}.parts.tmp-{uuid.uuid4().hex[:12]}")
             tmp.mkdir()
             setup = (str(tmp), None)
@@ -570,126 +405,3 @@ def consolidate_file(path: str | os.PathLike, *, chunk_samples: int = 1 << 16) -
         tmp.unlink(missing_ok=True)
     shutil.rmtree(parts_dir(p), ignore_errors=True)
     return p
-
-
-def local_size(comm: Any) -> int:
-    """Number of ranks of ``comm`` on this node (1 if unknown)."""
-    try:
-        from mpi4py import MPI
-
-        node = comm.Split_type(MPI.COMM_TYPE_SHARED)
-        try:
-            return int(node.Get_size())
-        finally:
-            node.Free()
-    except Exception:  # noqa: BLE001 - any failure: assume one rank per node
-        return 1
-
-
-def generate_distributed(
-    gen: Any,
-    path: str | os.PathLike,
-    meta: tod_io.TodMetadata,
-    detectors: int | Sequence[int],
-    start_sample: int,
-    n_samples: int,
-    *,
-    comm: Any | None = None,
-    chunk_samples: int = 1 << 18,
-    overwrite: bool = False,
-    progress: bool | None = None,
-    consolidate: bool = False,
-    litebird: dict | None = None,
-) -> Any:
-    """Generate with a :class:`crab.generation.engine.TodGenerator` into ``path``, split over ``comm``.
-
-    The MPI branch of :func:`crab.generation.engine.generate_to_file`: same file
-    (``/tod`` bytes, attributes and ``checksum_sha256``) as a single-process
-    run, assembled from per-rank parts (see the module docstring).
-
-    Parameters
-    ----------
-    gen : TodGenerator
-        The generator (its ``n_workers`` is lowered to the cores per rank when
-        several ranks share a node; that never changes the output).
-    path, meta
-        Output file and its metadata (all detectors; ``meta.start_time_s`` is
-        the time of ``start_sample``).
-    detectors : int or sequence of int
-        What ``TodGenerator`` takes: a count (keys ``0..n-1``) or the keys.
-    start_sample, n_samples : int
-        Absolute first sample and number of samples.
-    comm : mpi4py communicator, optional
-        Default :func:`world` (serial when not launched by MPI).
-
-    Returns
-    -------
-    crab.generation.engine.GenerationStats
-        On every rank; ``wall_s`` from the first rank's start to the last
-        rank's end, ``samples_per_s`` of the whole job, ``peak_rss_mb`` the
-        largest over ranks.
-    """
-    from crab.generation.engine import GenerationStats, peak_rss_mb  # noqa: PLC0415 - generation is optional here
-
-    comm = world() if comm is None else comm
-    keys = list(range(int(detectors))) if isinstance(detectors, (int, np.integer)) else [int(d) for d in detectors]
-    if len(keys) != meta.n_detectors:
-        raise InputError(f"{len(keys)} detector keys for {meta.n_detectors} detector names")
-    start_sample = int(start_sample)
-    if comm is not None and comm.Get_size() > 1:
-        try:
-            cap = max(1, len(os.sched_getaffinity(0)) // local_size(comm))
-        except AttributeError:  # pragma: no cover
-            cap = max(1, (os.cpu_count() or 1) // local_size(comm))
-        if getattr(gen, "n_workers", 1) > cap:
-            gen.n_workers = cap
-
-    def tile_chunks(rows: np.ndarray, s: int, n: int, c: int) -> Iterator[tuple[int, np.ndarray]]:
-        for c0, chunk in gen.iter_chunks([keys[r] for r in rows], start_sample + s, n, c):
-            yield c0 - start_sample, chunk
-
-    if comm is not None:
-        comm.Barrier()
-    t0 = time.perf_counter()
-    write_distributed(
-        path, meta, n_samples, tile_chunks=tile_chunks, comm=comm, chunk_samples=chunk_samples, overwrite=overwrite,
-        consolidate=consolidate, litebird=litebird, checksum=True, progress=progress is not False,
-    )
-    wall = time.perf_counter() - t0
-    rss = peak_rss_mb()
-    checksum = None
-    if comm is None or comm.Get_rank() == 0:
-        with h5py.File(path, "r") as f:
-            checksum = str(f["tod"].attrs[CHECKSUM_ATTR])
-    if comm is not None and comm.Get_size() > 1:
-        from mpi4py import MPI
-
-        wall = comm.allreduce(wall, op=MPI.MAX)
-        rss = comm.allreduce(rss, op=MPI.MAX)
-        checksum = comm.bcast(checksum, root=0)
-    total = len(keys) * int(n_samples)
-    return GenerationStats(
-        n_detectors=len(keys),
-        start_sample=start_sample,
-        n_samples=int(n_samples),
-        sampling_rate_hz=float(meta.sampling_rate_hz),
-        wall_s=wall,
-        samples_per_s=total / wall if wall > 0 else float("inf"),
-        checksum=checksum,
-        path=Path(path),
-        peak_rss_mb=rss,
-        settings={**gen.describe(), "mpi_ranks": 1 if comm is None else comm.Get_size()},
-    )
-
-
-def require_serial(what: str) -> None:
-    """Raise if launched with several MPI ranks: ``what`` (e.g. ``"--checksum-only"``) is not distributed."""
-    comm = world()
-    if comm is not None:
-        raise CrabError(f"{what} is not distributed over MPI ranks (each of the {comm.Get_size()} ranks would do all the work): run it without mpirun")
-
-
-def is_root() -> bool:
-    """True on rank 0 of :func:`world` (or when not under MPI): print summaries only there."""
-    comm = world()
-    return comm is None or comm.Get_rank() == 0

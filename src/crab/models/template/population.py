@@ -1,0 +1,106 @@
+"""A population of glitches of the template baseline: rate and fitted distributions, sampled by inverse CDF."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from crab.core.errors import InputError
+from crab.models.template.shapes import QUANTILE_P
+
+
+@dataclass
+class GlitchPopulation:
+    """One kind of glitch of the template model.
+
+    Two forms:
+
+    - *independent templates* (direct hits; wafer hits of version-1-like
+      models): each glitch is ``A template_shape(t - t0 - delay_s, tau,
+      rise_s)`` with ``A`` and ``tau`` drawn independently from
+      ``amplitude_quantiles`` and ``tau_quantiles_s``;
+    - *linear response* (``response_tau_s`` given; the fitted wafer hits):
+      each glitch is ``E sum_j response_pw_per_kev[j] exp(-s / response_tau_s[j])``,
+      ``s = t - t0 - delay_s``, with the energy ``E`` drawn from
+      ``energy_quantiles_kev`` (log-interpolated).
+
+    Attributes
+    ----------
+    kind : str
+        ``"direct"`` (one detector) or ``"wafer"`` (common to all detectors).
+    rate_hz : float
+        Events per second, per detector (direct) or per wafer (wafer).
+    amplitude_quantiles : list of float
+        Quantiles of the peak height ``A`` (TOD units) at :data:`QUANTILE_P`.
+    tau_quantiles_s : list of float
+        Quantiles of the decay time ``tau`` (s) at :data:`QUANTILE_P`.
+    n_events : int
+        Truth events used for the fit.
+    rise_s : float
+        Rise time of the templates (s; 0: instantaneous rise, TOAST's template).
+    delay_s : float
+        Delay of the templates after the hit time (s).
+    energy_quantiles_kev : list of float
+        Quantiles of the deposited energy (keV) at :data:`QUANTILE_P` (linear response).
+    response_tau_s, response_pw_per_kev : list of float
+        Time constants (s) and coefficients (TOD units per keV) of the linear response.
+    """
+
+    kind: str
+    rate_hz: float = 0.0
+    amplitude_quantiles: list[float] = field(default_factory=list)
+    tau_quantiles_s: list[float] = field(default_factory=list)
+    n_events: int = 0
+    rise_s: float = 0.0
+    delay_s: float = 0.0
+    energy_quantiles_kev: list[float] = field(default_factory=list)
+    response_tau_s: list[float] = field(default_factory=list)
+    response_pw_per_kev: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("direct", "wafer"):
+            raise InputError(f"glitch kind must be 'direct' or 'wafer', got {self.kind!r}")
+        if not (np.isfinite(self.rate_hz) and self.rate_hz >= 0):
+            raise InputError(f"glitch rate must be finite and >= 0, got {self.rate_hz!r}")
+        for name in ("rise_s", "delay_s"):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and v >= 0):
+                raise InputError(f"{self.kind} glitches: {name} must be finite and >= 0, got {v!r}")
+        nq = len(QUANTILE_P)
+        if self.linear:
+            if len(self.response_pw_per_kev) != len(self.response_tau_s) or not all(np.isfinite(t) and t > 0 for t in self.response_tau_s):
+                raise InputError(f"{self.kind} glitches: response_tau_s (positive) and response_pw_per_kev must have the same length")
+            if self.rate_hz > 0 and len(self.energy_quantiles_kev) != nq:
+                raise InputError(f"{self.kind} glitches: need {nq} quantiles of energy")
+        elif self.rate_hz > 0:
+            if len(self.amplitude_quantiles) != nq or len(self.tau_quantiles_s) != nq:
+                raise InputError(f"{self.kind} glitches: need {nq} quantiles of amplitude and tau")
+            if self.rise_s > 0 and min(self.tau_quantiles_s) <= self.rise_s:
+                raise InputError(f"{self.kind} glitches: every tau must exceed rise_s = {self.rise_s}")
+        self._amp = np.asarray(self.amplitude_quantiles, dtype=np.float64)
+        self._logtau = np.log(np.maximum(np.asarray(self.tau_quantiles_s, dtype=np.float64), 1e-30))
+        self._logenergy = np.log(np.maximum(np.asarray(self.energy_quantiles_kev, dtype=np.float64), 1e-30))
+
+    @property
+    def linear(self) -> bool:
+        """Whether this population is a fixed linear response driven by energies."""
+        return len(self.response_tau_s) > 0
+
+    def sample(self, u_amp: np.ndarray, u_tau: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(A, tau_s)`` from uniforms in [0, 1) by inverse-CDF interpolation (independent marginals)."""
+        return np.interp(u_amp, QUANTILE_P, self._amp), np.exp(np.interp(u_tau, QUANTILE_P, self._logtau))
+
+    def sample_energy(self, u: np.ndarray) -> np.ndarray:
+        """Energies (keV) from uniforms in [0, 1), log-interpolated between the quantiles."""
+        return np.exp(np.interp(u, QUANTILE_P, self._logenergy))
+
+    def max_tau_s(self) -> float:
+        """Longest time constant of the population (s)."""
+        t = self.response_tau_s if self.linear else self.tau_quantiles_s
+        t = [v for v in t if np.isfinite(v) and v > 0]
+        return max(t) if t else 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return {k: v for k, v in d.items() if not k.startswith("_")}
