@@ -53,7 +53,9 @@ def _load() -> str:
 def _random_default_model(path: Path, rate: float):
     import torch
 
-    from crab.models.gan.network import Generator, ModelConfig
+    from crab.models.gan.config import ModelConfig
+
+    from crab.models.gan.network import Generator
     from crab.models.gan.store import load_model, save_model
     from crab.physics.noise import NoiseParams
     from crab.models.gan.transform import AmplitudeTransform

@@ -39,7 +39,9 @@ def _model_dir(tmp: Path) -> Path:
     """The default streaming GAN with random weights, saved as a model directory."""
     import torch
 
-    from crab.models.gan.network import Generator, ModelConfig
+    from crab.models.gan.config import ModelConfig
+
+    from crab.models.gan.network import Generator
     from crab.models.gan.store import save_model
     from crab.physics.noise import NoiseParams
     from crab.models.gan.transform import AmplitudeTransform

@@ -15,7 +15,7 @@ from crab.core.errors import FileFormatError, InputError
 from crab.models.gan.source import GanSource
 from crab.generation import TodGenerator, generate_to_file
 from crab.analysis.glitches import detect_glitches
-from crab.models.gan.network import ModelConfig
+from crab.models.gan.config import ModelConfig
 from crab.models.gan.store import load_model
 from crab.io.tod import TodMetadata, default_detector_names, write_tod
 from crab.models.gan.training import TrainConfig, train

@@ -45,7 +45,9 @@ def test_format_duration():
 def test_model_store_round_trip_and_checks(tmp_path):
     import torch
 
-    from crab.models.gan.network import Generator, ModelConfig
+    from crab.models.gan.config import ModelConfig
+
+    from crab.models.gan.network import Generator
     from crab.models.gan.store import load_model, save_model
     from crab.models.gan.transform import AmplitudeTransform
 

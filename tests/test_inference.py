@@ -11,7 +11,8 @@ from crab.models.gan.inference import (
     NotCompilable,
     compile_generator,
 )
-from crab.models.gan.network import Generator, ModelConfig
+from crab.models.gan.config import ModelConfig
+from crab.models.gan.network import Generator
 
 #: Small streaming generator (as tests/test_generation.py's TINY): runs in milliseconds.
 SMALL = {"window_samples": 64, "latent_dim": 24, "noise_dim": 16, "event_channels": 0, "event_subsample": False, "event_kernel": 0, "generator_channels": (8, 8, 8, 8, 8), "transform_out_scale": 1.5}
@@ -25,7 +26,6 @@ CONFIGS = {
     "events-filter": dict(EVENTS, additive_glitches=False),
     "events-additive": dict(EVENTS, additive_glitches=True, output_bounds=(-3.0, 8.0)),
     "events-additive-whole-samples": dict(EVENTS, event_subsample=False, additive_glitches=True),
-    "events-additive-causal": dict(EVENTS, additive_glitches=True, causal_pulses=True),
     "conditioned": {"cond_dim": 1},
     "conditioned-events-additive": dict(EVENTS, cond_dim=1, additive_glitches=True, output_bounds=(-3.0, 8.0)),
     "multi-channel": {"out_channels": 3},
@@ -143,21 +143,6 @@ def test_compiled_form_is_a_snapshot():
             p.mul_(2.0)
         after = compiled.run(z)
     assert np.array_equal(before, after)
-
-
-def test_former_names_still_work():
-    from crab.models.gan.inference import _FastStreamingNet, _Unsupported
-
-    g = random_generator()
-    fast = _FastStreamingNet(g)
-    assert fast.right_loss == fast.end_loss and fast.additive is None
-    assert _Unsupported is NotCompilable
-
-
-def test_paper_architecture_is_not_compilable():
-    g = Generator(ModelConfig(**{**SMALL, "generator_arch": "paper"})).eval()
-    with pytest.raises(NotCompilable, match="paper architecture"):
-        compile_generator(g)
 
 
 def test_training_mode_is_not_compilable():

@@ -140,7 +140,8 @@ def _simulation(lbs, tmp_path, n_obs=1, start_time=0.0, duration_s=3600.0):
 def gan_model_dir(tmp_path_factory):
     """A model directory of the real streaming GAN (random weights: same code path and cost as a trained one)."""
     torch = pytest.importorskip("torch")
-    from crab.models.gan.network import Generator, ModelConfig
+    from crab.models.gan.config import ModelConfig
+    from crab.models.gan.network import Generator
     from crab.models.gan.store import save_model
     from crab.physics.noise import NoiseParams
     from crab.models.gan.transform import AmplitudeTransform

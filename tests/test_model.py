@@ -7,7 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from crab.models.gan.network import Discriminator, Generator, ModelConfig, event_noise, peak_view
+from crab.models.gan.config import ModelConfig
+
+from crab.models.gan.network import Discriminator, Generator, event_noise, peak_view
 
 SMALL = dict(window_samples=64, latent_dim=20, noise_dim=16, event_channels=0, event_subsample=False, event_kernel=0, generator_channels=(8, 8, 8, 8, 8), discriminator_channels=(8, 8, 8, 8), discriminator_peak_view=False)
 

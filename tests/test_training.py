@@ -10,7 +10,8 @@ import torch
 from crab.models.dataset import TodSource
 from crab.core.errors import InputError, ModelCompatibilityError
 from crab.models.gan.history import COLUMNS, History
-from crab.models.gan.network import Generator, ModelConfig
+from crab.models.gan.config import ModelConfig
+from crab.models.gan.network import Generator
 from crab.models.gan.store import load_model
 from crab.models.gan.quality import quality_floor, sample_quality
 from crab.models.gan.checkpoint import load_checkpoint
@@ -374,7 +375,7 @@ def test_slow_noise_calibration_option(source, tmp_path):
     class Wave(torch.nn.Module):
         def __init__(self, g):
             super().__init__()
-            self.g, self.streaming, self.cfg, self.margin_latents = g, True, g.cfg, g.margin_latents
+            self.g, self.cfg, self.margin_latents = g, g.cfg, g.margin_latents
 
         def latent_shape(self, batch, steps):
             return self.g.latent_shape(batch, steps)

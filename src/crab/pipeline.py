@@ -177,7 +177,8 @@ def run_pipeline(
         Receives one line per stage as it starts and ends.
     """
     from crab.generation import TodGenerator, generate_to_file, load_generation_model
-    from crab.physics.montecarlo import MonteCarloConfig, simulate_to_file
+    from crab.io.montecarlo_file import simulate_to_file
+    from crab.physics.montecarlo_config import MonteCarloConfig
     from crab.models.template import fit_template_file, save_template
     from crab.models.gan.training import TrainConfig, train
     from crab.validation.validate import ValidationConfig, validate

@@ -190,12 +190,6 @@ class ModelConfig:
         """Output samples per latent step (2 ** n_upsample)."""
         return 2**self.n_upsample
 
-    @property
-    def generator_arch(self) -> str:
-        """Always ``"streaming"``: the one generator architecture (kept for the readers of the
-        removed ``generator_arch`` field)."""
-        return "streaming"
-
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("n_upsample")

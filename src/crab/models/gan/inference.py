@@ -550,15 +550,12 @@ def compile_generator(generator: Generator) -> CompiledGenerator:
     Raises
     ------
     NotCompilable
-        The paper architecture, a generator in training mode (its batch norm
-        uses batch statistics), or submodules not laid out as the streaming
-        generator defines them.
+        A generator in training mode (its batch norm uses batch statistics),
+        or submodules not laid out as the streaming generator defines them.
     """
     import torch
 
     cfg = generator.cfg
-    if not generator.streaming:
-        raise NotCompilable("the paper architecture (one latent vector per window) has no compiled form; only the streaming generator")
     if generator.training:
         raise NotCompilable("generator in training mode (batch norm would use batch statistics): call .eval() first")
     layers, offset, end_loss = _compiled_layers(_network_convolutions(generator))
@@ -589,7 +586,3 @@ def compile_generator(generator: Generator) -> CompiledGenerator:
         wafer=(cfg.shared_latent_dim, cfg.latent_dim) if generator.exchangeable else None,
     )
 
-
-#: Former names, used by crab.models.gan.source until it switches to the names above.
-_FastStreamingNet = compile_generator
-_Unsupported = NotCompilable

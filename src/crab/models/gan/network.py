@@ -274,8 +274,6 @@ class Generator(nn.Module):
     along time as extra input channels.
     """
 
-    #: Always True: the generator is streaming (read by :mod:`crab.models.gan.source`).
-    streaming = True
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()

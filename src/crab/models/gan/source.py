@@ -21,7 +21,7 @@ import numpy as np
 from crab.core import rng
 from crab.core.errors import InputError
 from crab.models.base import TileSource
-from crab.models.gan.inference import _FastStreamingNet, _Unsupported
+from crab.models.gan.inference import CompiledGenerator, NotCompilable, compile_generator
 from crab.models.gan.latent import latent_sequence, stream_key
 from crab.physics.noise import NoiseGenerator
 
@@ -93,7 +93,6 @@ class GanSource(TileSource):
         self.schedule = _schedule_for(model, cond, allow_extrapolation)
         tf = model.transform
         self._tf = (float(tf.offset), float(tf.scale), float(tf.out_scale))
-        self.streaming = bool(getattr(self.gen, "streaming", cfg.generator_arch == "streaming"))
         self._keys: dict[int, np.ndarray] = {}
         self._keys_lock = threading.Lock()
         self.noise: NoiseGenerator | None = None
@@ -101,8 +100,6 @@ class GanSource(TileSource):
         if model.noise_params is not None and model.highpass_hz:
             self._noise_args = (model.noise_params, self.sampling_rate_hz, self.seed, "gan_noise", float(model.highpass_hz))
         self.backend = "module"
-        if not self.streaming:
-            raise InputError("generator_arch 'paper' (independent windows joined by a cross-fade) is no longer supported; retrain the model with `crab train`")
         self.f = int(cfg.upsample_factor)
         self.margin = int(self.gen.margin_latents)
         self.tile_latents = int(tile_latents)
@@ -114,13 +111,13 @@ class GanSource(TileSource):
             raise InputError(f"backend must be 'auto', 'fast' or 'module', got {backend!r}")
         if backend != "module":
             try:
-                fast = _FastStreamingNet(self.gen)
+                fast = compile_generator(self.gen)
                 if fast.offset > self.f * self.margin or fast.right_loss > self.f * self.margin:
-                    raise _Unsupported("receptive field wider than margin_latents")
+                    raise NotCompilable("receptive field wider than margin_latents")
                 self._check_fast(fast)
                 self._fast = fast
                 self.backend = "fast"
-            except _Unsupported as exc:
+            except NotCompilable as exc:
                 if backend == "fast":
                     raise InputError(f"fast inference is not available for this generator: {exc}") from None
 
@@ -133,15 +130,15 @@ class GanSource(TileSource):
                 self._keys[key] = k
         return k
 
-    def _run_fast(self, fast: _FastStreamingNet, z, c: np.ndarray | None, linear: bool = False) -> np.ndarray:
+    def _run_fast(self, fast: CompiledGenerator, z, c: np.ndarray | None, linear: bool = False) -> np.ndarray:
         """The fast network on tile latents ``z`` (steps, z_dim): (rows, n_out); an exchangeable
         wafer runs the one-detector network once per detector on (shared, own) latents."""
         if not getattr(self.gen, "exchangeable", False):
             return fast.run(z, c, linear)
         return np.concatenate([fast.run(self.gen.assemble_latents(z.T, r).T.contiguous(), c, linear) for r in range(self.rows)], axis=0)
 
-    def _check_fast(self, fast: _FastStreamingNet) -> None:
-        """Compare the rewrite with the module on one random sequence (raises _Unsupported)."""
+    def _check_fast(self, fast: CompiledGenerator) -> None:
+        """Compare the rewrite with the module on one random sequence (raises NotCompilable)."""
         import torch
 
         n = 48 + 2 * self.margin
@@ -154,10 +151,10 @@ class GanSource(TileSource):
         a = ref[:, lo:hi].numpy()
         b = out[:, lo - fast.offset : hi - fast.offset]
         if a.shape != b.shape or not np.all(np.isfinite(b)):
-            raise _Unsupported("shape mismatch in self-check")
+            raise NotCompilable("shape mismatch in self-check")
         scale = float(np.max(np.abs(a))) + 1e-30
         if float(np.max(np.abs(a - b))) > 1e-4 * scale:
-            raise _Unsupported(f"self-check mismatch ({float(np.max(np.abs(a - b))) / scale:.2e} relative)")
+            raise NotCompilable(f"self-check mismatch ({float(np.max(np.abs(a - b))) / scale:.2e} relative)")
 
     def prepare(self, n_keys: int) -> None:
         if self._noise_args is not None:
@@ -166,7 +163,7 @@ class GanSource(TileSource):
 
     def _inverse(self, y: np.ndarray, linear: bool = False) -> np.ndarray:
         """Transformed -> TOD units, in place (float32; as AmplitudeTransform.inverse).  ``linear``:
-        ``y`` is already ``sinh(k y)`` (:meth:`_FastStreamingNet.run`), only scaled and shifted."""
+        ``y`` is already ``sinh(k y)`` (:meth:`CompiledGenerator.run`), only scaled and shifted."""
         off, sc, osc = self._tf
         if not linear:
             y *= np.float32(osc)

@@ -20,7 +20,8 @@ from crab import __version__
 from crab.core.errors import ModelCompatibilityError
 from crab.core.formats import check_format, format_record
 from crab.models.base import TileSource, reject_options
-from crab.models.gan.network import Generator, ModelConfig
+from crab.models.gan.config import ModelConfig
+from crab.models.gan.network import Generator
 from crab.physics.noise import NoiseParams
 from crab.core.provenance import atomic_write_bytes
 from crab.models.gan.transform import AmplitudeTransform
@@ -181,18 +182,13 @@ def load_model(
     except Exception as exc:  # torch raises many kinds on corrupt files
         raise ModelCompatibilityError(f"{f}: cannot be read as a CRAB model ({exc.__class__.__name__})") from None
     check_format(d, name=MODEL_FORMAT, version=MODEL_FORMAT_VERSION, where=f, what="CRAB model", remedy="retrain the model with `crab train`")
-    stored_cfg = d.get("model_config")
-    if isinstance(stored_cfg, dict) and stored_cfg.get("generator_arch") == "paper":
-        raise ModelCompatibilityError(
-            f"{f}: generator_arch 'paper' (independent windows joined by a cross-fade) is no longer supported by crab {__version__}; retrain the model with `crab train`"
-        )
     rate = float(d["sampling_rate_hz"])
     if sampling_rate_hz is not None and not np.isclose(rate, sampling_rate_hz, rtol=1e-9, atol=0):
         raise ModelCompatibilityError(f"{f}: model trained for {rate:g} Hz, but {sampling_rate_hz:g} Hz was asked; train a model at that rate")
     if window_samples is not None and int(d["window_samples"]) != int(window_samples):
         raise ModelCompatibilityError(f"{f}: model trained with windows of {d['window_samples']} samples, but {window_samples} were asked")
     try:
-        cfg = ModelConfig.from_dict(d["model_config"])
+        cfg = ModelConfig.from_dict(d["model_config"], str(f))
         gen = Generator(cfg)
         gen.load_state_dict(d["generator_state"])
     except (TypeError, ValueError, RuntimeError, KeyError) as exc:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from crab.core.errors import FileFormatError
+from crab.core.errors import FileFormatError, InputError
 from crab.core.stats import robust_sigma
 from crab.models.template.model import TemplateModel
 from crab.models.template.population import GlitchPopulation
