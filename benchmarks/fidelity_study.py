@@ -61,7 +61,7 @@ def _run(*args: object, quiet: bool = False) -> None:
 def amplitude_band_rates(path: Path, scale_sigma: float | None = None) -> tuple[np.ndarray, float]:
     """Detected glitches per detector-hour in bands of peak amplitude (``BANDS_SIGMA``, units of the noise sigma)."""
     from crab.io.tod import read_tod
-    from crab.validation.validate import ValidationConfig, analyse
+    from crab.validation import ValidationConfig, analyse
 
     t = read_tod(path)
     a = analyse(t.tod, t.meta.sampling_rate_hz, t.meta.detectors, ValidationConfig(), name=path.stem)
@@ -94,7 +94,7 @@ class HeldoutClassifier:
 
     def __init__(self, reference: Path) -> None:
         from crab.io.tod import read_tod
-        from crab.validation.validate import ValidationConfig, analyse
+        from crab.validation import ValidationConfig, analyse
 
         self.cfg = ValidationConfig()
         ref = read_tod(reference)
@@ -110,7 +110,7 @@ class HeldoutClassifier:
 
     def floor(self, splits: int | None = None):
         """The test between the reference's two halves (``crab validate``'s floor)."""
-        from crab.validation.validate import floor_halves
+        from crab.validation.floor import floor_halves
 
         half = floor_halves(self.ref.n_blocks)[self.ref.win_block]
         return self._test(self.ref, half, self.ref, ~half, (2, 0), splits)
@@ -118,7 +118,7 @@ class HeldoutClassifier:
     def auc(self, path: Path, splits: int | None = None) -> float:
         """Classifier AUC of the TOD file ``path`` against the reference."""
         from crab.io.tod import read_tod
-        from crab.validation.validate import analyse
+        from crab.validation import analyse
 
         s = read_tod(path)
         sa = analyse(s.tod, s.meta.sampling_rate_hz, s.meta.detectors, self.cfg, scale_sigma=self.scale, name=path.stem)

@@ -19,7 +19,7 @@ from crab.models.gan.config import ModelConfig
 from crab.models.gan.store import load_model
 from crab.io.tod import TodMetadata, default_detector_names, write_tod
 from crab.models.gan.training import TrainConfig, train
-from crab.validation.validate import wafer_pair_correlation
+from crab.validation import wafer_pair_correlation
 
 from conftest import make_synthetic_tod
 from test_generation import make_model_dir

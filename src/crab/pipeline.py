@@ -53,7 +53,7 @@ class PipelineConfig:
     train_overrides : dict
         Other :class:`crab.models.gan.training.TrainConfig` fields to override.
     validation_overrides : dict
-        :class:`crab.validation.validate.ValidationConfig` fields to override.
+        :class:`crab.validation.ValidationConfig` fields to override.
     """
 
     seed: int = 1
@@ -181,7 +181,7 @@ def run_pipeline(
     from crab.physics.montecarlo_config import MonteCarloConfig
     from crab.models.template import fit_template_file, save_template
     from crab.models.gan.training import TrainConfig, train
-    from crab.validation.validate import ValidationConfig, validate
+    from crab.validation import ValidationConfig, validate
 
     cfg = cfg or PipelineConfig()
     run_dir = Path(run_dir)
