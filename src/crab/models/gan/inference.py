@@ -227,8 +227,6 @@ class CompiledGenerator:
         self.out_channels = out_channels
         self.wafer = wafer  # (shared_latent_dim, latent_dim) of an exchangeable wafer, or None
 
-    right_loss = property(lambda self: self.end_loss, doc="Former name of :attr:`end_loss`.")
-
     # ------------------------------------------------------------------ running
     def generate(self, z, cond: np.ndarray | None = None, linear: bool = False) -> np.ndarray:
         """Valid outputs of the whole generator for latents ``z`` (torch (n_steps, z_dim), the

@@ -112,7 +112,7 @@ class GanSource(TileSource):
         if backend != "module":
             try:
                 fast = compile_generator(self.gen)
-                if fast.offset > self.f * self.margin or fast.right_loss > self.f * self.margin:
+                if fast.offset > self.f * self.margin or fast.end_loss > self.f * self.margin:
                     raise NotCompilable("receptive field wider than margin_latents")
                 self._check_fast(fast)
                 self._fast = fast
