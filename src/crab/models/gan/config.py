@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from crab.core import rng
 from crab.core.errors import InputError, ModelCompatibilityError

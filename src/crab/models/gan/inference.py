@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -211,7 +211,7 @@ class CompiledGenerator:
         additive: _AdditivePulses | None,
         bound: tuple[float, float, float] | None,
         out_channels: int,
-        wafer: tuple[int, int] | None,
+        assemble_latents: Callable[[Any, int], Any] | None,
     ) -> None:
         self.layers = layers
         self.offset = offset
@@ -225,7 +225,7 @@ class CompiledGenerator:
         self.additive = additive
         self.bound = bound  # soft_bound (lo, hi, width), or None
         self.out_channels = out_channels
-        self.wafer = wafer  # (shared_latent_dim, latent_dim) of an exchangeable wafer, or None
+        self.assemble_latents = assemble_latents  # Generator.assemble_latents of an exchangeable wafer, or None
 
     # ------------------------------------------------------------------ running
     def generate(self, z, cond: np.ndarray | None = None, linear: bool = False) -> np.ndarray:
@@ -233,12 +233,9 @@ class CompiledGenerator:
         module's latents channels-last): float32 numpy (out_channels, n_out).  An exchangeable wafer
         runs the one-detector network once per detector on its (shared, own) latents
         (``Generator.assemble_latents``).  ``cond`` and ``linear`` as in :meth:`run`."""
-        if self.wafer is None:
+        if self.assemble_latents is None:
             return self.run(z, cond, linear)
-        import torch
-
-        s, n = self.wafer
-        runs = [self.run(torch.cat([z[:, :s], z[:, s + r * n : s + (r + 1) * n]], 1), cond, linear) for r in range(self.out_channels)]
+        runs = [self.run(self.assemble_latents(z.T, r).T.contiguous(), cond, linear) for r in range(self.out_channels)]
         return np.concatenate(runs, axis=0)
 
     def run(self, z, cond: np.ndarray | None = None, linear: bool = False) -> np.ndarray:
@@ -581,6 +578,6 @@ def compile_generator(generator: Generator) -> CompiledGenerator:
         additive=additive,
         bound=None if bounds is None else (float(bounds[0]), float(bounds[1]), float(cfg.output_bound_width)),
         out_channels=cfg.out_channels,
-        wafer=(cfg.shared_latent_dim, cfg.latent_dim) if generator.exchangeable else None,
+        assemble_latents=generator.assemble_latents if generator.exchangeable else None,  # the module's one definition of the wafer's inputs
     )
 

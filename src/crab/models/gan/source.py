@@ -130,13 +130,6 @@ class GanSource(TileSource):
                 self._keys[key] = k
         return k
 
-    def _run_fast(self, fast: CompiledGenerator, z, c: np.ndarray | None, linear: bool = False) -> np.ndarray:
-        """The fast network on tile latents ``z`` (steps, z_dim): (rows, n_out); an exchangeable
-        wafer runs the one-detector network once per detector on (shared, own) latents."""
-        if not getattr(self.gen, "exchangeable", False):
-            return fast.run(z, c, linear)
-        return np.concatenate([fast.run(self.gen.assemble_latents(z.T, r).T.contiguous(), c, linear) for r in range(self.rows)], axis=0)
-
     def _check_fast(self, fast: CompiledGenerator) -> None:
         """Compare the rewrite with the module on one random sequence (raises NotCompilable)."""
         import torch
@@ -146,7 +139,7 @@ class GanSource(TileSource):
         c = None if self.schedule is None else np.linspace(-1.0, 1.0, len(self.schedule.names))  # any values do
         with torch.inference_mode():
             ref = self.gen(torch.from_numpy(z.T.copy())[None], self._cond_tensor(c))[0]  # (channels, samples)
-            out = self._run_fast(fast, torch.from_numpy(z), c)
+            out = fast.generate(torch.from_numpy(z), c)
         lo, hi = self.f * self.margin, self.f * (n - self.margin)
         a = ref[:, lo:hi].numpy()
         b = out[:, lo - fast.offset : hi - fast.offset]
@@ -215,7 +208,7 @@ class GanSource(TileSource):
             linear = self._fast is not None and self._fast.additive is not None
             if self._fast is not None:
                 a = lo - self._fast.offset
-                y = self._run_fast(self._fast, z, c, linear)[:, a : a + self.tile_samples]
+                y = self._fast.generate(z, c, linear)[:, a : a + self.tile_samples]
             else:
                 y = self.gen(z.T.contiguous()[None], self._cond_tensor(c))[0, :, lo : lo + self.tile_samples].numpy()
         # additive glitches: sinh(k y) + pulses already (linear), x = x0 + s * that (no asinh and sinh again)
