@@ -171,6 +171,25 @@ def test_outputs(run):
     assert not list(out.parent.glob(".report.tmp-*"))  # no temporary folder left
 
 
+def test_single_reference_keys_and_warning(run):
+    """One reference: the multi-reference keys of metrics.json are there (K = 1, halves floor), and a warning says
+    that one reference is the weaker test."""
+    from crab.validation.results import SINGLE_REFERENCE_WARNING
+
+    result, out = run
+    assert result.n_references == 1 and SINGLE_REFERENCE_WARNING in result.warnings
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["n_references"] == 1 and data["floor_kind"] == "halves" and data["references"] == [data["reference"]]
+    m = data["sets"]["amplitudes_x2"]["metrics"]["amplitude_distribution"]
+    assert m["n_references"] == 1 and m["values"] == [m["value"]] and m["mean"] == m["value"] and m["sd"] is None
+    assert m["floor_mean"] == m["floor"] and m["floor_values"] == [m["floor"]] and m["floor_pairs"] is None
+    assert m["distance"] == pytest.approx(m["value"] - m["floor"]) and m["distance_error"] is None
+    assert m["thresholds"] == [m["threshold"]] and m["passed_per_reference"] == [m["passed"]]
+    km = data["key_metrics"]["independent_mc"]
+    assert km["n_references"] == 1 and km["classifier_dauc"] == pytest.approx(km["classifier_auc"] - km["classifier_auc_floor"])
+    assert "K=1" in result.summary_text() and "weaker test" in (out / "report.md").read_text()
+
+
 def test_summary_api(run):
     result, _ = run
     rows = result.summary_rows()

@@ -1,4 +1,4 @@
-"""``crab validate``: compare synthetic TOD with held-out Monte Carlo, beside the MC-vs-MC floor."""
+"""``crab validate``: compare synthetic TOD with held-out Monte Carlo (one or several independent runs), beside the MC-vs-MC floor."""
 
 from __future__ import annotations
 
@@ -30,7 +30,16 @@ def _parse_synthetic(values: tuple[str, ...]) -> dict[str, str]:
 
 
 @click.command("validate")
-@click.option("--reference", "-r", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Held-out Monte Carlo TOD file (never used for training).")
+@click.option(
+    "--reference",
+    "-r",
+    "references",
+    required=True,
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Held-out Monte Carlo TOD file (never used for training); repeat for independent runs of one setup (other seeds): "
+    "every metric is then its mean +- scatter over them, beside the references scored against each other (the stronger test).",
+)
 @click.option(
     "--synthetic",
     "-s",
@@ -48,24 +57,28 @@ def _parse_synthetic(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--n-sigma", default=3.0, show_default=True, type=float, callback=positive_float, help="Pass threshold of the diagnostic metrics (floor sigmas).")
 @click.option("--n-sigma-target", default=2.0, show_default=True, type=float, callback=positive_float, help="Pass threshold of the target metrics (glitch rate, amplitudes, classifier).")
 @click.option("--auc-target", default=0.60, show_default=True, type=click.FloatRange(0.5, 1.0), help="Classifier AUC accepted whatever the floor.")
-@click.option("--n-null", default=200, show_default=True, type=click.IntRange(min=10), help="Random re-splits of the reference for the null distributions.")
+@click.option("--n-null", default=200, show_default=True, type=click.IntRange(min=10), help="Random re-splits of each reference for the null distributions.")
 @click.option("--seam-period", default=None, type=int, callback=positive_int, help="Join period of the synthetic TOD (samples); default: from the file's config, else the window length.")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--strict", is_flag=True, help="Exit with status 1 when a set misses a target.")
-def validate(reference, synthetic, training, out_dir, seed, window_samples, block_s, threshold_sigma, n_sigma, n_sigma_target, auc_target, n_null, seam_period, no_plots, strict) -> None:
+def validate(references, synthetic, training, out_dir, seed, window_samples, block_s, threshold_sigma, n_sigma, n_sigma_target, auc_target, n_null, seam_period, no_plots, strict) -> None:
     """Compare synthetic TOD with held-out Monte Carlo and write a report.
 
     Every metric (glitch rate, amplitudes and their power-law slope, decay
     and inter-arrival times, coincidences, noise RMS, PSD per octave,
     autocorrelation, per-window features, a classifier two-sample test,
-    memorisation, seams) is also computed between the two halves of the
-    reference (the floor) and shown beside it; pass thresholds derive from
-    the reference's own scatter.
+    memorisation, seams) is shown beside its floor, what independent Monte
+    Carlo scores. With several references (--reference repeated) each set
+    is scored against each, every metric is reported as mean +- scatter over
+    them with its distance from the floor (for the classifier, dAUC), and
+    the floor is the references scored against each other. With one
+    reference the floor is its two halves: the weaker test.
 
     \b
     Example:
-      crab validate --reference mc_heldout.h5 --synthetic gan=gen.h5 \\
-          --synthetic template=template.h5 --training mc_train.h5 --out report/
+      crab validate -r mc_1.h5 -r mc_2.h5 -r mc_3.h5 -r mc_4.h5 \\
+          --synthetic gan=gen.h5 --synthetic template=template.h5 \\
+          --training mc_train.h5 --out report/
     """
     # the stage is imported on use, so that `crab --help` and the other commands stay fast
     from crab.analysis.glitches import GlitchDetectorConfig
@@ -83,7 +96,7 @@ def validate(reference, synthetic, training, out_dir, seed, window_samples, bloc
         detector=GlitchDetectorConfig(threshold_sigma=threshold_sigma),
         seed=seed,
     )
-    result = run_validation(reference, _parse_synthetic(synthetic), out_dir, training=training, config=cfg, plots=not no_plots)
+    result = run_validation(list(references), _parse_synthetic(synthetic), out_dir, training=training, config=cfg, plots=not no_plots)
     click.echo(result.summary_text())
     for w in result.warnings:
         click.echo(f"warning: {w}", err=True)

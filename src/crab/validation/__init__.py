@@ -1,9 +1,10 @@
 """Validation: how close synthetic TOD is to the Monte Carlo, against the Monte Carlo's own scatter.
 
-:func:`validate` (see :mod:`crab.validation.validate` for the method) compares
-synthetic sets with a held-out Monte Carlo reference and returns a
-:class:`ValidationResult`; :func:`validate_phi` checks a phi-conditioned
-model at several solar modulation potentials.
+:func:`validate` (see :mod:`crab.validation.validate` for the method)
+compares synthetic sets with held-out Monte Carlo (one reference, or several
+independent runs: the stronger test) and returns a :class:`ValidationResult`;
+:func:`validate_phi` checks a phi-conditioned model at several solar
+modulation potentials.
 
 Modules, in the order the data goes through them:
 
@@ -16,9 +17,13 @@ Modules, in the order the data goes through them:
 ``nearest_window``         the nearest-window search of the memorisation test
 ``rate_metrics``, ``distribution_metrics``, ``classifier_metric``, ``memorisation``, ``seams``
                            the metrics, each beside its floor (``builder``: the verdicts)
+``scoring``                one set against one reference (the reference's tests set up once)
+``multi_reference``        K >= 2 references: every set against each, the references against each other
+``combine``                the verdict of a metric over K references (the pass rule)
 ``results``                :class:`MetricResult`, :class:`SetResult`, :class:`ValidationResult`
 ``validate``               :func:`validate`, the sequence of the steps above
-``outputs``, ``report``    the report folder (``metrics.json``, ``report.md``, plots)
+``outputs``, ``report``, ``plots``
+                           the report folder (``metrics.json``, ``report.md``, PNG plots)
 ``phi``                    :func:`validate_phi`
 ``inspect``                summaries and plots of a simulated file (``crab inspect``)
 """

@@ -31,10 +31,10 @@ def context_auc(a: SetAnalysis, b: SetAnalysis, key: tuple[int, ...], clf_kw: di
     return {"auc": float(clf.auc), "auc_sigma": float(clf.auc_sigma)}
 
 
-def classifier_floor(ref: SetAnalysis, splits: ReferenceSplits, clf_kw: dict[str, Any]) -> ClassifierResult:
-    """The classifier test of reference half B windows against half A windows: the floor."""
+def classifier_floor(ref: SetAnalysis, splits: ReferenceSplits, clf_kw: dict[str, Any], key: tuple[int, ...] = (2, 0)) -> ClassifierResult:
+    """The classifier test of reference half B windows against half A windows: the floor (random stream ``key``)."""
     wa, wb = splits.half_a[ref.win_block], splits.half_b[ref.win_block]
-    return classifier_two_sample_test(ref.win_clf_feats[wa], ref.win_clf_feats[wb], groups_a=ref.win_block[wa], groups_b=ref.win_block[wb], key=(2, 0), **clf_kw)
+    return classifier_two_sample_test(ref.win_clf_feats[wa], ref.win_clf_feats[wb], groups_a=ref.win_block[wa], groups_b=ref.win_block[wb], key=key, **clf_kw)
 
 
 def classifier_metric(b: MetricBuilder, clf: ClassifierResult, clf_floor: ClassifierResult) -> MetricResult:

@@ -53,14 +53,55 @@ def names_from_paths(paths: list) -> dict[str, Any]:
     return out
 
 
-def load_inputs(reference: Any, synthetics: Mapping[str, Any] | list, training: Any, cfg: ValidationConfig) -> tuple[TodFile, dict[str, TodFile], TodFile | None]:
-    """Read and check the inputs of :func:`crab.validation.validate.validate`: ``(reference, {name: synthetic}, training or None)``.
+def as_reference_list(references: Any) -> list[Any]:
+    """``references`` as a list: one path or :class:`TodFile`, or a sequence of them (at least one)."""
+    if isinstance(references, (str, os.PathLike, TodFile)):
+        return [references]
+    try:
+        out = list(references)
+    except TypeError:
+        raise InputError(f"reference: expected a TodFile, a path or a sequence of them, got {type(references).__name__}") from None
+    if not out:
+        raise InputError("no reference given (give at least one held-out Monte Carlo file)")
+    return out
 
-    Raises :class:`InputError` when no synthetic set is given, when a set is
-    not compatible with the reference (:func:`check_compatible`), or when the
-    reference is shorter than four time blocks.
+
+def check_references(refs: list[TodFile]) -> None:
+    """Raise :class:`InputError` unless the references are distinct runs of one setup (sampling rate, detectors, units).
+
+    Two files with the same seed and the same configuration are one Monte
+    Carlo run twice, not independent references.
     """
-    ref = as_tod(reference, "reference")
+    first = refs[0]
+    for k, r in enumerate(refs[1:], start=2):
+        what = f"the references must be independent Monte Carlo runs of one setup, but reference {k} ({r.path})"
+        if not np.isclose(r.meta.sampling_rate_hz, first.meta.sampling_rate_hz, rtol=1e-9, atol=0):
+            raise InputError(f"{what} is sampled at {r.meta.sampling_rate_hz:g} Hz and reference 1 ({first.path}) at {first.meta.sampling_rate_hz:g} Hz")
+        if r.tod.shape[0] != first.tod.shape[0]:
+            raise InputError(f"{what} has {r.tod.shape[0]} detectors and reference 1 ({first.path}) has {first.tod.shape[0]}")
+        if r.meta.units and first.meta.units and r.meta.units != first.meta.units:
+            raise InputError(f"{what} is in {r.meta.units!r} and reference 1 ({first.path}) in {first.meta.units!r}")
+    for k, r in enumerate(refs):
+        for j in range(k):
+            o = refs[j]
+            same_file = r is o or (Path(r.path).is_file() and Path(o.path).is_file() and os.path.samefile(r.path, o.path))
+            same_run = r.meta.seed is not None and r.meta.seed == o.meta.seed and r.meta.config == o.meta.config
+            if same_file or same_run:
+                raise InputError(f"reference {k + 1} ({r.path}) is the same Monte Carlo run as reference {j + 1} ({o.path}){f' (seed {r.meta.seed})' if same_run else ''}; give independent runs (other seeds)")
+
+
+def load_inputs(reference: Any, synthetics: Mapping[str, Any] | list, training: Any, cfg: ValidationConfig) -> tuple[list[TodFile], dict[str, TodFile], TodFile | None]:
+    """Read and check the inputs of :func:`crab.validation.validate.validate`: ``([references], {name: synthetic}, training or None)``.
+
+    ``reference`` is one path or :class:`TodFile`, or a sequence of them.
+    Raises :class:`InputError` when no synthetic set is given, when the
+    references are not distinct runs of one setup (:func:`check_references`),
+    when a set is not compatible with the references (:func:`check_compatible`),
+    or when a reference is shorter than four time blocks.
+    """
+    refs = [as_tod(r, "reference" if i == 0 else f"reference {i + 1}") for i, r in enumerate(as_reference_list(reference))]
+    check_references(refs)
+    ref = refs[0]
     if isinstance(synthetics, (list, tuple)):
         synthetics = names_from_paths(synthetics)
     if not synthetics:
@@ -73,6 +114,7 @@ def load_inputs(reference: Any, synthetics: Mapping[str, Any] | list, training: 
         check_compatible(ref, train, "training")
     fs = ref.meta.sampling_rate_hz
     B = block_samples(cfg, fs)
-    if ref.n_samples // B < 4:
-        raise InputError(f"reference too short: {ref.duration_s:.0f} s; need at least 4 blocks of {B / fs:.0f} s for two halves (lower block_s or give a longer reference)")
-    return ref, syns, train
+    for r in refs:
+        if r.n_samples // B < 4:
+            raise InputError(f"reference {r.path} too short: {r.duration_s:.0f} s; need at least 4 blocks of {B / fs:.0f} s for two halves (lower block_s or give a longer reference)")
+    return refs, syns, train

@@ -39,10 +39,11 @@ class MemorisationSetup:
     trained on, not in the pools) give the floor distribution of the ratio;
     synthetic windows are queried against the same two pools, so pool sizes
     and the pools' own fluctuations cancel.  A copy of a training window has
-    ``d_train = 0``.
+    ``d_train = 0``.  ``key`` names the random stream of the floor's subsample
+    of queries.
     """
 
-    def __init__(self, cfg: ValidationConfig, ref: SetAnalysis, train_series: list[np.ndarray], half_a: np.ndarray) -> None:
+    def __init__(self, cfg: ValidationConfig, ref: SetAnalysis, train_series: list[np.ndarray], half_a: np.ndarray, key: tuple[int, ...] = (3, 0)) -> None:
         self.cfg = cfg
         W = cfg.window_samples
         start_b = int(np.sum(half_a)) * ref.block_samples
@@ -58,7 +59,7 @@ class MemorisationSetup:
         if not self.ok:
             return
         qa = np.flatnonzero(half_a[ref.win_block])
-        g = rng.generator(cfg.seed, "validation", 3, 0)
+        g = rng.generator(cfg.seed, "validation", *key)
         qa = g.permutation(qa)[: cfg.memorisation_max_windows]
         d_tr, d_ho = self.distances(ref.nn_windows[qa])
         self.lr_floor = log_distance_ratio(d_tr, d_ho)
@@ -81,10 +82,12 @@ def log_distance_ratio(d_tr: np.ndarray, d_ho: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(d_tr, 1e-300) / np.maximum(d_ho, 1e-300))
 
 
-def memorisation_metric(b: MetricBuilder, mem: MemorisationSetup | None, syn: SetAnalysis, si: int, plot_data: dict) -> MetricResult:
-    """The memorisation metric of synthetic set number ``si``, ``syn``; its log ratios go to ``plot_data["memorisation"]``.
+def memorisation_metric(b: MetricBuilder, mem: MemorisationSetup | None, syn: SetAnalysis, key: tuple[int, ...], plot_data: dict | None = None) -> MetricResult:
+    """The memorisation metric of the set ``syn``, its windows subsampled with the random stream ``key``.
 
-    Not applicable without training data (``mem`` None) or with too little of it.
+    Its log ratios go to ``plot_data["memorisation"]`` when ``plot_data`` is
+    given.  Not applicable without training data (``mem`` None) or with too
+    little of it.
     """
     cfg = b.cfg
     name = "memorisation"
@@ -94,12 +97,13 @@ def memorisation_metric(b: MetricBuilder, mem: MemorisationSetup | None, syn: Se
     if mem is None or not mem.ok:
         why = "no training data given" if mem is None else "training or reference data too short"
         return b.make(name, "memorisation", desc, float("nan"), float("nan"), float("nan"), f"not run: {why}", {}, applicable=False)
-    g = rng.generator(cfg.seed, "validation", 3, si + 1)
+    g = rng.generator(cfg.seed, "validation", *key)
     qs = np.sort(g.permutation(len(syn.nn_windows))[: cfg.memorisation_max_windows])
     d_tr, d_ho = mem.distances(syn.nn_windows[qs])
     lr = log_distance_ratio(d_tr, d_ho)
-    plot_data["memorisation"]["floor"] = mem.lr_floor
-    plot_data["memorisation"][syn.name] = lr
+    if plot_data is not None:
+        plot_data["memorisation"]["floor"] = mem.lr_floor
+        plot_data["memorisation"][syn.name] = lr
     frac = float(np.mean(lr < mem.level))
     thr = q + nsig * float(np.sqrt(q * (1 - q) * (1 / len(qs) + 1 / mem.n_floor)))
     tiny = 1e-3 * max(float(np.median(d_ho)), 1e-12)  # float32 FFT round-off ~1e-4 of it

@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 from crab.core.provenance import run_record, write_json
+from crab.validation import plots as plotting
 from crab.validation import report
 from crab.validation.results import ValidationResult
 
@@ -20,7 +21,7 @@ def write_outputs(result: ValidationResult, out: Path, plots: bool = True) -> Pa
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
-        figs = report.write_plots(result, tmp) if plots else []
+        figs = plotting.write_plots(result, tmp) if plots else []
         rec = run_record(result.config, result.config.seed)
         payload = dict(result.to_dict(), run=rec, figures=[f.name for f in figs])
         write_json(tmp / REPORT_MARKER, payload)

@@ -1,11 +1,22 @@
 """Validation: how close is synthetic TOD to the Monte Carlo, against the MC's own scatter.
 
-``validate(reference, {"gan": gen, "template": tpl}, out_dir, training=mc_train)``
-compares every synthetic set with a held-out Monte Carlo *reference* and
+``validate([ref_1, ref_2, ref_3, ref_4], {"gan": gen, "template": tpl}, out_dir, training=mc_train)``
+compares every synthetic set with held-out Monte Carlo *references* and
 writes ``metrics.json``, ``report.md`` and PNG plots (:mod:`crab.validation.outputs`).
 
-The floor (CaloChallenge style)
--------------------------------
+Several references (the stronger test)
+--------------------------------------
+One reference is one random draw: independent Monte Carlo runs of one setup
+score differently against it.  With K >= 2 independent references
+(:mod:`crab.validation.multi_reference`) every set is scored against each,
+every metric is reported as the mean and the scatter over the references,
+its floor is the references scored against each other (MC vs MC), and its
+distance from the floor (for the classifier, dAUC) comes with a standard
+error; the pass rule is :mod:`crab.validation.combine`'s.  Each comparison
+with one reference follows the single-reference method below.
+
+The floor of one reference (CaloChallenge style)
+------------------------------------------------
 Every metric is also computed between the two halves of the reference
 (first half of the time blocks vs the second half): the **floor**, shown
 beside the synthetic value.  The thresholds come from the reference too:
@@ -53,65 +64,60 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping
-
-import numpy as np
+from typing import Any
 
 from crab.core.paths import check_output_dir
 from crab.core.progress import bar
 from crab.io.tod import TodFile
-from crab.validation.builder import MetricBuilder
-from crab.validation.classifier import ClassifierResult
-from crab.validation.classifier_metric import (
-    classifier_floor,
-    classifier_metric,
-    classifier_test,
-    context_auc,
-)
 from crab.validation.config import ValidationConfig
-from crab.validation.distribution_metrics import (
-    DistributionTests,
-    distribution_metrics,
-    distribution_tests,
-)
-from crab.validation.floor import ReferenceSplits
 from crab.validation.inputs import load_inputs
-from crab.validation.memorisation import (
-    MemorisationSetup,
-    memorisation_metric,
-    training_series,
-)
+from crab.validation.multi_reference import n_steps, validate_references
 from crab.validation.outputs import REPORT_MARKER, write_outputs
-from crab.validation.rate_metrics import rate_metrics, slope_error_inflation
-from crab.validation.results import MetricResult, SetResult, ValidationResult, jsonable
-from crab.validation.seams import SeamNulls, seam_metrics, seam_period
+from crab.validation.results import (
+    SINGLE_REFERENCE_WARNING,
+    SetResult,
+    ValidationResult,
+    jsonable,
+)
+from crab.validation.scoring import (
+    TrainingSample,
+    common_scale,
+    in_reading_order,
+    reference_info,
+    reference_tests,
+    score_seams,
+    score_set,
+)
+from crab.validation.seams import seam_period
 from crab.validation.set_analysis import SetAnalysis, analyse
 
-#: Reading order of the first metrics of a set (the others follow in the order they are computed).
-METRIC_ORDER = ("glitch_rate", "amplitude_distribution", "amplitude_slope", "decay_time_distribution", "interarrival_distribution", "coincidence_rate", "detector_correlation")
+PathOrTod = TodFile | str | os.PathLike
 
 
 def validate(
-    reference: TodFile | str | os.PathLike,
-    synthetics: Mapping[str, TodFile | str | os.PathLike] | list,
+    reference: PathOrTod | Sequence[PathOrTod],
+    synthetics: Mapping[str, PathOrTod] | list,
     out_dir: str | os.PathLike | None = None,
-    training: TodFile | str | os.PathLike | None = None,
+    training: PathOrTod | None = None,
     config: ValidationConfig = ValidationConfig(),
     *,
     plots: bool = True,
     overwrite: bool = True,
 ) -> ValidationResult:
-    """Compare synthetic TOD sets with a held-out Monte Carlo reference, beside the MC-vs-MC floor.
+    """Compare synthetic TOD sets with held-out Monte Carlo, beside the MC-vs-MC floor.
 
     Parameters
     ----------
-    reference : TodFile or path
-        Held-out Monte Carlo TOD (never used for training).
+    reference : TodFile or path, or a sequence of them
+        Held-out Monte Carlo TOD (never used for training).  Several:
+        independent runs of one setup (same detectors, sampling rate and
+        units; other seeds), the stronger test (see the module docstring);
+        one: its halves are the floor, and a warning says it is the weaker test.
     synthetics : dict name -> TodFile or path (or a list: names from the file stems)
         The sets to validate (GAN, template, ...); same sampling rate, detector
-        count and units as the reference; any length.
+        count and units as the references; any length.
     out_dir : path, optional
         Report folder (``metrics.json``, ``report.md``, ``*.png``), written
         atomically: built in a temporary folder then renamed into place (an
@@ -134,7 +140,8 @@ def validate(
     Raises
     ------
     InputError
-        Mismatched sampling rates, detector counts or units; too-short TOD.
+        Mismatched sampling rates, detector counts or units; references
+        that are one run twice; too-short TOD.
     FileFormatError
         Missing or corrupt files.
     """
@@ -142,18 +149,13 @@ def validate(
     cfg = config
     if out_dir is not None:
         check_output_dir(out_dir, overwrite=overwrite, marker=REPORT_MARKER)
-    ref, syns, train = load_inputs(reference, synthetics, training, cfg)
+    refs, syns, train = load_inputs(reference, synthetics, training, cfg)
     warns: list[str] = []
-    steps = 3 + 3 * len(syns) + (2 if train is not None else 0)
-    with bar(total=steps, desc="validate", unit="step") as pb:
-        ref_an, syn_an = _analyse_sets(ref, syns, cfg, pb)
-        tests = _reference_tests(ref_an, cfg, warns, pb)
-        context = _TrainingContext.of(train, tests, warns, pb) if train is not None else None
-        plot_data: dict[str, Any] = {"reference": ref_an, "synthetic": syn_an, "classifier": {"floor": tests.clf_floor}, "memorisation": {}, "nulls": {}}
-        results = {name: _judge_set(tests, context, si, syns[name], san, plot_data, pb) for si, (name, san) in enumerate(syn_an.items())}
-        plot_data["nulls"] = tests.dist.nulls
-    train_info = context.info() if context is not None else None
-    result = ValidationResult(config=cfg, reference=jsonable(_reference_info(ref, ref_an)), sets=results, training=train_info, warnings=warns, plot_data=plot_data)
+    with bar(total=n_steps(len(refs), len(syns), train is not None), desc="validate", unit="step") as pb:
+        if len(refs) == 1:
+            result = _validate_one(refs[0], syns, train, cfg, warns, pb)
+        else:
+            result = validate_references(refs, syns, train, cfg, warns, pb)
     result.elapsed_s = time.time() - t0
     if out_dir is not None:
         write_outputs(result, Path(out_dir), plots=plots)
@@ -161,123 +163,44 @@ def validate(
     return result
 
 
+def _validate_one(ref: TodFile, syns: dict[str, TodFile], train: TodFile | None, cfg: ValidationConfig, warns: list[str], pb) -> ValidationResult:
+    """Every set against one reference, beside the reference's halves (the single-reference method)."""
+    warns.append(SINGLE_REFERENCE_WARNING)
+    ref_an, syn_an = _analyse_sets(ref, syns, cfg, pb)
+    tests = reference_tests(ref_an, cfg, warns)
+    pb.update(2)
+    plot_data: dict[str, Any] = {"reference": ref_an, "synthetic": syn_an, "classifier": {"floor": tests.clf_floor}, "memorisation": {}, "nulls": tests.dist.nulls}
+    sample = mem = None
+    vs_ref: dict[str, float] = {}
+    if train is not None:
+        sample = TrainingSample.of(train, cfg, common_scale(ref_an), ref_an.sampling_rate_hz)
+        # memorisation: data-copying sign test, floor with half A as queries, half B as held-out pool
+        mem = sample.memorisation(tests, warns)
+        vs_ref = sample.auc_vs_reference(ref_an, (3, 0), cfg)
+        pb.update(2)
+    results: dict[str, SetResult] = {}
+    sets_vs_training: dict[str, dict[str, float]] = {}
+    for si, (name, san) in enumerate(syn_an.items()):
+        mres = score_set(tests, san, (2, si + 1), mem, (3, si + 1), plot_data)
+        if sample is not None:
+            sets_vs_training[name] = sample.auc_of_set(san, (3, si + 1), cfg)
+        P, phase, src = seam_period(syns[name].meta, cfg)
+        mres.update(score_seams(tests, san, P, phase))
+        results[name] = SetResult(name, str(syns[name].path), syns[name].meta.kind, san.duration_s, san.n_detectors, in_reading_order(mres), P, src, phase)
+        pb.update(3)
+    info = jsonable(reference_info(ref, ref_an))
+    return ValidationResult(config=cfg, reference=info, sets=results, training=sample.info(vs_ref, sets_vs_training) if sample is not None else None,
+                            warnings=warns, plot_data=plot_data, references=[info])
+
+
 def _analyse_sets(ref: TodFile, syns: dict[str, TodFile], cfg: ValidationConfig, pb) -> tuple[SetAnalysis, dict[str, SetAnalysis]]:
     """Analyse the reference, then every synthetic set on the reference's noise scale."""
     fs = ref.meta.sampling_rate_hz
     ref_an = analyse(ref.tod, fs, ref.meta.detectors, cfg, name="reference")
-    scale = float(np.median(ref_an.sigma))
+    scale = common_scale(ref_an)
     pb.update()
     syn_an = {}
     for k, s in syns.items():
         syn_an[k] = analyse(s.tod, fs, s.meta.detectors, cfg, scale_sigma=scale, name=k)
         pb.update()
     return ref_an, syn_an
-
-
-@dataclass
-class _ReferenceTests:
-    """What every metric needs from the reference alone: the splits, floors, nulls and caches."""
-
-    b: MetricBuilder
-    ref: SetAnalysis
-    splits: ReferenceSplits
-    dist: DistributionTests
-    clf_floor: ClassifierResult
-    slope_inflation: float
-    seams: SeamNulls
-
-    @property
-    def cfg(self) -> ValidationConfig:
-        return self.b.cfg
-
-
-def _reference_tests(ref_an: SetAnalysis, cfg: ValidationConfig, warns: list[str], pb) -> _ReferenceTests:
-    """Split the reference; set up the distribution statistics, the classifier floor and the slope's error inflation."""
-    b = MetricBuilder(cfg)
-    splits = ReferenceSplits.of(cfg, ref_an.n_blocks)
-    if len(ref_an.glitches) < 20:
-        warns.append(f"the reference has only {len(ref_an.glitches)} detected glitches: glitch metrics are weak")
-    dist = distribution_tests(ref_an, splits, b)
-    pb.update()
-    clf_floor = classifier_floor(ref_an, splits, cfg.classifier_kwargs())
-    pb.update()
-    return _ReferenceTests(b, ref_an, splits, dist, clf_floor, slope_error_inflation(ref_an, splits, cfg), SeamNulls(ref_an, cfg.seam_halfwidth))
-
-
-@dataclass
-class _TrainingContext:
-    """The training MC: the memorisation test's pools and the classifier tests given as context (not pass/fail)."""
-
-    train: TodFile
-    analysis: SetAnalysis
-    mem: MemorisationSetup
-    vs_reference: dict[str, float]
-    sets_vs_training: dict[str, dict[str, float]]
-
-    @classmethod
-    def of(cls, train: TodFile, tests: _ReferenceTests, warns: list[str], pb) -> _TrainingContext:
-        cfg, ref_an = tests.cfg, tests.ref
-        scale = float(np.median(ref_an.sigma))
-        # memorisation: data-copying sign test, floor with half A as queries, half B as held-out pool
-        mem = MemorisationSetup(cfg, ref_an, training_series(train.tod, cfg, scale), tests.splits.half_a)
-        if mem.copied_reference_fraction > 0.5:
-            warns.append("more than half of the reference windows are copies of training windows: the reference is not held out")
-        pb.update()
-        train_an = analyse(train.tod, ref_an.sampling_rate_hz, train.meta.detectors, cfg, scale_sigma=scale, name="training")
-        vs_ref = context_auc(ref_an, train_an, (3, 0), cfg.classifier_kwargs())
-        pb.update()
-        return cls(train, train_an, mem, vs_ref, {})
-
-    def info(self) -> dict[str, Any]:
-        """:attr:`crab.validation.results.ValidationResult.training`."""
-        return {
-            "path": str(self.train.path),
-            "duration_s": self.train.duration_s,
-            "n_detectors": int(self.train.tod.shape[0]),
-            # context, not a target: the classifier test of the training MC against the reference, and of
-            # every synthetic set against the training MC (see ValidationResult.training)
-            "classifier_auc_vs_reference": self.vs_reference,
-            "classifier_auc_sets_vs_training": self.sets_vs_training,
-        }
-
-
-def _judge_set(tests: _ReferenceTests, context: _TrainingContext | None, si: int, syn: TodFile, san: SetAnalysis, plot_data: dict[str, Any], pb) -> SetResult:
-    """Every metric of synthetic set number ``si`` (``syn``, analysed as ``san``) beside the floor."""
-    b, ref_an, cfg = tests.b, tests.ref, tests.cfg
-    clf_kw = cfg.classifier_kwargs()
-    mres: dict[str, MetricResult] = {}
-    mres.update(rate_metrics(b, ref_an, san, tests.splits, tests.slope_inflation))
-    mres.update(distribution_metrics(b, tests.dist, ref_an, san, tests.splits))
-    pb.update()
-    clf = classifier_test(ref_an, san, (2, si + 1), clf_kw)
-    plot_data["classifier"][san.name] = clf
-    mres["classifier_auc"] = classifier_metric(b, clf, tests.clf_floor)
-    pb.update()
-    if context is not None:
-        context.sets_vs_training[san.name] = context_auc(context.analysis, san, (3, si + 1), clf_kw)
-    mres["memorisation"] = memorisation_metric(b, context.mem if context is not None else None, san, si, plot_data)
-    P, phase, src = seam_period(syn.meta, cfg)
-    mres.update(seam_metrics(b, tests.seams, san, P, phase))
-    pb.update()
-    ordered = {k: mres[k] for k in METRIC_ORDER if k in mres}
-    ordered.update({k: v for k, v in mres.items() if k not in ordered})
-    return SetResult(san.name, str(syn.path), syn.meta.kind, san.duration_s, san.n_detectors, ordered, P, src, phase)
-
-
-def _reference_info(ref: TodFile, ref_an: SetAnalysis) -> dict[str, Any]:
-    """:attr:`crab.validation.results.ValidationResult.reference`."""
-    return {
-        "path": str(ref.path),
-        "kind": ref.meta.kind,
-        "duration_s": ref_an.duration_s,
-        "duration_s_file": ref.duration_s,
-        "n_detectors": ref_an.n_detectors,
-        "detectors": list(ref.meta.detectors),
-        "sampling_rate_hz": ref.meta.sampling_rate_hz,
-        "block_samples": ref_an.block_samples,
-        "n_blocks": ref_an.n_blocks,
-        "halves": "A = first half of the time blocks, B = second half",
-        "noise_sigma": ref_an.sigma,
-        "n_glitches": len(ref_an.glitches),
-        "seed": ref.meta.seed,
-    }
