@@ -1,20 +1,23 @@
-"""What a perfect generator would score: independent Monte Carlo runs validated against the held-out MC of ``crab run``.
+"""What a perfect generator would score: independent Monte Carlo runs validated against each other.
 
 Usage::
 
-    python benchmarks/mc_scatter.py --out scatter                    # MC seeds 2-9, 1800 s x 4 detectors each
-    python benchmarks/mc_scatter.py --out scatter --seeds 2 3 4 --splits 8
+    python benchmarks/mc_scatter.py --out scatter                 # 7 held-out runs (seeds 1001-1007): 21 MC-vs-MC pairs
+    python benchmarks/mc_scatter.py --out scatter --runs 4 --splits 4
 
 A generator that reproduced the Monte Carlo exactly would produce one more
-independent MC run.  This simulates such runs (``crab simulate``, the
-configuration of ``crab run``'s training MC with other seeds; the training
-MC itself, seed 1, is included) and scores each against the held-out MC
-(seed 1001) with the classifier two-sample test of ``crab validate`` (same
-window features, MLP and splits: the figure is the one ``crab validate``
-would report for that file).  Printed: the AUC of every run, and their mean,
-minimum and maximum: the scatter of the classifier AUC between independent
-30-minute runs of one wafer, next to the floor (two halves of the held-out
-MC) that ``crab validate`` derives its threshold from.
+independent MC run.  This simulates ``--runs`` held-out runs as ``crab run``
+does (1800 s x 4 detectors at 19 Hz, phi 0.6, seeds 1001, 1002 ...) and the
+training MC (seed 1), and runs ``crab validate`` with every held-out run as
+a reference and the training MC as the synthetic set.  The validation's
+floor is then the held-out runs scored against each other: for every metric,
+the mean and scatter over the pairs of what independent 30-minute runs of
+one wafer score, and the fraction of pairs within the single-reference
+threshold (the threshold that one reference's re-splits would set).
+Printed: the classifier AUC of every pair, then per metric the floor
+(mean +- sd), that fraction, and the training MC's score against the
+references (mean +- sd, distance from the floor, verdict).  The report
+folder is ``OUT/report``.
 """
 
 from __future__ import annotations
@@ -26,29 +29,38 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fidelity_study import HeldoutClassifier, ensure_mc, simulate_mc  # noqa: E402
+from fidelity_study import ensure_mc
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="study folder")
-    ap.add_argument("--seeds", type=int, nargs="+", default=list(range(2, 10)), help="MC seeds besides the training MC's (1)")
+    ap.add_argument("--runs", type=int, default=7, help="independent held-out MC runs (>= 3 for a scatter of the floor)")
     ap.add_argument("--splits", type=int, default=None, help="classifier splits (default: crab validate's)")
     args = ap.parse_args(argv)
+    if args.runs < 2:
+        ap.error("--runs must be at least 2")
 
-    mc = ensure_mc(args.out)
-    clf = HeldoutClassifier(mc["heldout"])
-    floor = clf.floor(args.splits)
-    print(f"floor (held-out MC, half A vs half B): AUC {floor.auc:.3f} +- {floor.auc_sigma:.3f}")
-    aucs = {}
-    for seed in [1, *args.seeds]:
-        path = mc["train"] if seed == 1 else simulate_mc(args.out / f"mc_seed{seed}.h5", seed)
-        aucs[seed] = clf.auc(path, args.splits)
-        print(f"MC seed {seed}{' (the training MC)' if seed == 1 else ''}: AUC {aucs[seed]:.3f}", flush=True)
-    others = np.array([a for s, a in aucs.items() if s != 1])
-    if others.size:
-        print(f"independent MC runs (seeds {', '.join(str(s) for s in args.seeds)}): AUC mean {others.mean():.3f}, min {others.min():.3f}, max {others.max():.3f}; "
-              f"the training MC {aucs[1]:.3f}; the target 0.60")
+    from crab.validation import ValidationConfig, validate
+
+    mc = ensure_mc(args.out, n_references=args.runs)
+    cfg = ValidationConfig() if args.splits is None else ValidationConfig(classifier_repeats=args.splits)
+    res = validate(mc["references"], {"training_mc": mc["train"]}, args.out / "report", config=cfg)
+    s = res.sets["training_mc"]
+    clf = s.metrics["classifier_auc"]
+    aucs = np.asarray(clf.spread.floor_values)
+    print(f"classifier AUC of the {len(aucs)} pairs of {args.runs} independent MC runs (reference i, run j scored against it):")
+    for (i, j), a in zip(res.floor_pairs, aucs):
+        print(f"  {i + 1} vs {j + 1}: {a:.3f}")
+    print(f"  mean {aucs.mean():.3f} +- {aucs.std(ddof=1) if aucs.size > 1 else float('nan'):.3f} (sd), min {aucs.min():.3f}, max {aucs.max():.3f}; the target {cfg.auc_target:g}\n")
+    print(f"{'metric':<27} {'MC vs MC (mean +- sd)':>24} {'pairs within 1-ref thr.':>24} {'training MC vs refs':>22} {'distance':>18}  verdict")
+    for m in s.metrics.values():
+        if m.spread is None or not np.isfinite(m.floor):
+            continue
+        frac = m.spread.floor_pass_fraction
+        print(f"{m.name:<27} {m.floor:>12.3g} +- {m.floor_sd:<8.3g} {frac:>24.2f} {m.value:>10.3g} +- {m.sd:<8.3g} {m.distance:>+9.3g} +- {m.distance_error:<5.2g}  "
+              f"{'n/a' if m.passed is None else ('PASS' if m.passed else 'FAIL')}")
+    print(f"\nreport: {res.out_dir / 'report.md'}")
 
 
 if __name__ == "__main__":

@@ -3,12 +3,14 @@
 Stages, each timed and recorded in ``run_dir/pipeline.json``:
 
 1. ``mc_train``    Monte Carlo for training (default 1800 s, 4 detectors, 19 Hz);
-2. ``mc_heldout``  an independent Monte Carlo (another seed) held out for validation;
+2. ``mc_heldout``  ``n_references`` (default 4) independent Monte Carlo runs (other seeds) held
+                   out for validation (``mc_heldout.h5``, ``mc_heldout_2.h5`` ...);
 3. ``train``       GAN training on the training MC (``run_dir/model``);
 4. ``generate``    1 h of GAN TOD (``run_dir/gan.h5``);
 5. ``template``    the template baseline fitted on the training MC truth, 1 h (``run_dir/template.h5``);
-6. ``validate``    both synthetic sets against the held-out MC, beside the MC-vs-MC floor
-                   (``run_dir/report``).
+6. ``validate``    both synthetic sets against every held-out run: each metric as its mean
+                   +- scatter over them, beside the held-out runs against each other (the
+                   MC-vs-MC floor) (``run_dir/report``).
 
 A stage whose output exists and whose configuration has not changed is not
 run again, so an interrupted ``crab run`` resumes where it stopped.
@@ -38,8 +40,8 @@ class PipelineConfig:
     Attributes
     ----------
     seed : int
-        Seed of the whole run; the held-out MC uses ``seed + heldout_seed_offset``,
-        generation ``seed + generate_seed_offset``.
+        Seed of the whole run; held-out run ``k`` (0-based) uses
+        ``seed + heldout_seed_offset + k``, generation ``seed + generate_seed_offset``.
     n_detectors : int
         Detectors of the wafer.
     sampling_rate_hz : float
@@ -47,7 +49,10 @@ class PipelineConfig:
     phi_gv : float
         Solar modulation potential of the Monte Carlo (GV).
     train_duration_s, heldout_duration_s, generate_duration_s : float
-        Lengths of the training MC, the held-out MC and the generated TOD (s).
+        Lengths of the training MC, of each held-out MC run and of the generated TOD (s).
+    n_references : int
+        Independent held-out Monte Carlo runs validated against (1: the
+        single-reference validation, the weaker test).
     epochs : int or None
         Training epochs (None: the training default).
     train_overrides : dict
@@ -66,12 +71,17 @@ class PipelineConfig:
     epochs: int | None = None
     heldout_seed_offset: int = 1000
     generate_seed_offset: int = 2000
+    n_references: int = 4
     train_overrides: dict[str, Any] = field(default_factory=dict)
     validation_overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.n_detectors < 1:
             raise InputError(f"n_detectors must be at least 1, got {self.n_detectors}")
+        if self.n_references < 1:
+            raise InputError(f"n_references must be at least 1, got {self.n_references}")
+        if self.heldout_seed_offset + self.n_references > self.generate_seed_offset:
+            raise InputError(f"{self.n_references} held-out runs from seed offset {self.heldout_seed_offset} would reach the generation's seed offset {self.generate_seed_offset}")
         for name in ("train_duration_s", "heldout_duration_s", "generate_duration_s", "sampling_rate_hz"):
             if not getattr(self, name) > 0:
                 raise InputError(f"{name} must be positive, got {getattr(self, name)}")
@@ -106,10 +116,14 @@ class PipelineResult:
         lines.append(f"{'total':<12} {'':<8} {self.seconds:>9.1f}s")
         v = self.validation
         if v is not None:
-            lines += ["", f"{'set':<10} {'classifier AUC':>15} {'glitch rate /det/h':>19} {'rate z':>7} {'targets':>8} {'metrics':>10}"]
+            lines += ["", f"{'set':<10} {'classifier AUC':>16} {'floor AUC':>16} {'dAUC':>16} {'glitch rate /det/h':>19} {'rate z':>7} {'targets':>8} {'metrics':>10}"]
+
+            def pm(x: float | None, e: float | None, sign: str = "") -> str:
+                if x is None:
+                    return "n/a"
+                return f"{x:{sign}.3f}" + ("" if e is None else f" +- {e:.3f}")
+
             for name, k in v.key_metrics().items():
-                auc = k.get("classifier_auc")
-                auc_s = "n/a" if auc is None else f"{auc:.3f} ({k.get('classifier_auc_floor', float('nan')):.2f})"
                 rate = k.get("glitch_rate_per_det_hour")
                 rate_s = "n/a" if rate is None else f"{rate:.0f} vs {k.get('glitch_rate_ref_per_det_hour', float('nan')):.0f}"
                 z = k.get("glitch_rate_z")
@@ -117,12 +131,18 @@ class PipelineResult:
                 s = v.sets[name]
                 n_metrics = sum(m.passed is not None for m in s.metrics.values())
                 lines.append(
-                    f"{name:<10} {auc_s:>15} {rate_s:>19} {z_s:>7} {'met' if k.get('targets_met') else 'NOT met':>8} "
+                    f"{name:<10} {pm(k['classifier_auc'], k['classifier_auc_sd']):>16} {pm(k['classifier_auc_floor'], k['classifier_auc_floor_sd']):>16} "
+                    f"{pm(k['classifier_dauc'], k['classifier_dauc_error'], '+'):>16} {rate_s:>19} {z_s:>7} {'met' if k.get('targets_met') else 'NOT met':>8} "
                     f"{n_metrics - s.n_failed:>3}/{n_metrics:<3} ok"
                 )
                 if s.failed():
                     lines.append(f"{'':<10} failed: {', '.join(s.failed())}")
-            lines += ["", "AUC in brackets: the MC-vs-MC floor. Targets: AUC <= 0.60, glitch rate and amplitude distribution within 2 sigma of the floor."]
+            c = v.config
+            if v.n_references > 1:
+                lines += ["", f"K = {v.n_references} held-out references: every figure is the mean +- sd over them; floor AUC: the references against each other (MC vs MC)."]
+            else:
+                lines += ["", "floor AUC: the two halves of the one held-out reference (the weaker test: run with several references)."]
+            lines.append(f"Targets: AUC <= {c.auc_target:g} (or within {c.n_sigma_target:g} sigma of the floor), glitch rate and amplitude distribution within {c.n_sigma_target:g} sigma of the floor.")
             ctx = v.training_context_text()
             if ctx:
                 lines.append(ctx)
@@ -137,13 +157,23 @@ def _stage_signature(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
     mc = {k: d[k] for k in ("n_detectors", "sampling_rate_hz", "phi_gv")}
     sig = {
         "mc_train": {**mc, "seed": cfg.seed, "duration_s": cfg.train_duration_s},
-        "mc_heldout": {**mc, "seed": cfg.seed + cfg.heldout_seed_offset, "duration_s": cfg.heldout_duration_s},
+        "mc_heldout": {**mc, "seeds": heldout_seeds(cfg), "duration_s": cfg.heldout_duration_s},
         "train": {"epochs": cfg.epochs, "overrides": d["train_overrides"], "seed": cfg.seed},
         "generate": {"seed": cfg.seed + cfg.generate_seed_offset, "duration_s": cfg.generate_duration_s},
         "template": {"seed": cfg.seed + cfg.generate_seed_offset, "duration_s": cfg.generate_duration_s},
         "validate": {"overrides": d["validation_overrides"]},
     }
     return {"crab_version": __version__, **sig[stage]}
+
+
+def heldout_seeds(cfg: PipelineConfig) -> list[int]:
+    """The seeds of the held-out Monte Carlo runs: ``seed + heldout_seed_offset + k``, k = 0 .. n_references - 1."""
+    return [cfg.seed + cfg.heldout_seed_offset + k for k in range(cfg.n_references)]
+
+
+def heldout_names(cfg: PipelineConfig) -> list[str]:
+    """The names of the held-out runs' outputs (``mc_heldout``, ``mc_heldout_2`` ...; files ``NAME.h5`` in the run folder)."""
+    return ["mc_heldout"] + [f"mc_heldout_{k + 1}" for k in range(1, cfg.n_references)]
 
 
 def _load_state(path: Path) -> dict[str, Any]:
@@ -178,9 +208,9 @@ def run_pipeline(
     """
     from crab.generation import TodGenerator, generate_to_file, load_generation_model
     from crab.io.montecarlo_file import simulate_to_file
-    from crab.physics.montecarlo_config import MonteCarloConfig
-    from crab.models.template import fit_template_file, save_template
     from crab.models.gan.training import TrainConfig, train
+    from crab.models.template import fit_template_file, save_template
+    from crab.physics.montecarlo_config import MonteCarloConfig
     from crab.validation import ValidationConfig, validate
 
     cfg = cfg or PipelineConfig()
@@ -194,11 +224,10 @@ def run_pipeline(
     record = run_record(cfg, cfg.seed, stages=done)
     t_all = time.perf_counter()
     results: list[StageResult] = []
-    stale = False  # once a stage re-runs, everything after it re-runs too
 
     paths = {
         "mc_train": run_dir / "mc_train.h5",
-        "mc_heldout": run_dir / "mc_heldout.h5",
+        **{name: run_dir / f"{name}.h5" for name in heldout_names(cfg)},
         "model": run_dir / "model",
         "gan": run_dir / "gan.h5",
         "template_model": run_dir / "template.json",
@@ -223,8 +252,10 @@ def run_pipeline(
         return ""
 
     def stage_mc_heldout() -> str:
-        simulate_to_file(mc_cfg, cfg.heldout_duration_s, cfg.seed + cfg.heldout_seed_offset, paths["mc_heldout"], progress=progress, overwrite=True, description="crab run: held-out Monte Carlo")
-        return ""
+        seeds = heldout_seeds(cfg)
+        for k, (name, seed) in enumerate(zip(heldout_names(cfg), seeds), start=1):
+            simulate_to_file(mc_cfg, cfg.heldout_duration_s, seed, paths[name], progress=progress, overwrite=True, description=f"crab run: held-out Monte Carlo {k} of {len(seeds)}")
+        return f"{len(seeds)} independent run{'s' if len(seeds) > 1 else ''}, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
 
     def stage_train() -> str:
         res = train([paths["mc_train"]], paths["model"], train_cfg, overwrite=True, progress=progress)
@@ -243,13 +274,15 @@ def run_pipeline(
         return st.summary() if hasattr(st, "summary") else ""
 
     def stage_validate() -> str:
-        v = validate(paths["mc_heldout"], {"gan": paths["gan"], "template": paths["template"]}, paths["report"], training=paths["mc_train"], config=val_cfg, overwrite=True)
+        refs = [paths[name] for name in heldout_names(cfg)]
+        v = validate(refs, {"gan": paths["gan"], "template": paths["template"]}, paths["report"], training=paths["mc_train"], config=val_cfg, overwrite=True)
         holder["validation"] = v
-        return "all metrics pass" if v.passed else f"{sum(s.n_failed for s in v.sets.values())} metric(s) fail"
+        against = f"against {len(refs)} references"
+        return f"{against}: all metrics pass" if v.passed else f"{against}: {sum(s.n_failed for s in v.sets.values())} metric(s) fail"
 
     stages: dict[str, tuple[Callable[[], str], list[str]]] = {
         "mc_train": (stage_mc_train, ["mc_train"]),
-        "mc_heldout": (stage_mc_heldout, ["mc_heldout"]),
+        "mc_heldout": (stage_mc_heldout, heldout_names(cfg)),
         "train": (stage_train, ["model"]),
         "generate": (stage_generate, ["gan"]),
         "template": (stage_template, ["template_model", "template"]),
@@ -271,7 +304,7 @@ def run_pipeline(
         t0 = time.perf_counter()
         notes = fn()
         dt = time.perf_counter() - t0
-        done[name] = {"signature": sig, "seconds": dt, "notes": notes}
+        done[name] = {"signature": sig, "seconds": dt, "notes": notes, "outputs": {o: str(paths[o]) for o in outs}}
         record["stages"] = done
         write_json(state_path, record)
         results.append(StageResult(name, "done", dt, {o: str(paths[o]) for o in outs}, notes))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from crab.core.units import format_duration
 from crab.cli.options import DURATION, positive_int
+from crab.core.units import format_duration
 
 
 @click.command("run")
@@ -18,16 +18,19 @@ from crab.cli.options import DURATION, positive_int
 @click.option("--sampling-rate", "sampling_rate_hz", type=float, default=19.0, show_default=True, help="Sampling rate (Hz).")
 @click.option("--phi", "phi_gv", type=float, default=0.6, show_default=True, help="Solar modulation potential (GV).")
 @click.option("--train-duration", type=DURATION, default="1800s", show_default=True, help="Length of the training Monte Carlo.")
-@click.option("--heldout-duration", type=DURATION, default="1800s", show_default=True, help="Length of the held-out Monte Carlo.")
+@click.option("--heldout-duration", type=DURATION, default="1800s", show_default=True, help="Length of each held-out Monte Carlo run.")
+@click.option("--references", "n_references", type=int, default=4, show_default=True, callback=positive_int,
+              help="Independent held-out Monte Carlo runs to validate against (scatter over them, and MC-vs-MC floor); 1 is the weaker test.")
 @click.option("--generate-duration", type=DURATION, default="1h", show_default=True, help="Length of the generated TOD (GAN and template).")
 @click.option("--epochs", type=int, default=None, callback=positive_int, help="Training epochs (default: the training default).")
 @click.option("--train-option", "train_options", multiple=True, metavar="KEY=VALUE", help="Override a training hyper-parameter (JSON value), e.g. --train-option loss='\"wgan-gp\"'.")
 @click.option("--fresh", is_flag=True, help="Delete the run folder first instead of resuming.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def run(run_dir, seed, n_detectors, sampling_rate_hz, phi_gv, train_duration, heldout_duration, generate_duration, epochs, train_options, fresh, no_progress):
-    """Run the paper's pipeline: MC for training and a held-out MC, GAN training,
-    1 h of generation, the template baseline, and validation of both against the
-    held-out MC. Resumes an interrupted run in the same folder."""
+def run(run_dir, seed, n_detectors, sampling_rate_hz, phi_gv, train_duration, heldout_duration, n_references, generate_duration, epochs, train_options, fresh, no_progress):
+    """Run the paper's pipeline: MC for training and independent held-out MC
+    runs, GAN training, 1 h of generation, the template baseline, and
+    validation of both against every held-out run, beside the held-out runs
+    against each other. Resumes an interrupted run in the same folder."""
     from crab.pipeline import PipelineConfig, run_pipeline
 
     overrides = {}
@@ -46,12 +49,13 @@ def run(run_dir, seed, n_detectors, sampling_rate_hz, phi_gv, train_duration, he
         phi_gv=phi_gv,
         train_duration_s=train_duration,
         heldout_duration_s=heldout_duration,
+        n_references=n_references,
         generate_duration_s=generate_duration,
         epochs=epochs,
         train_overrides=overrides,
     )
     click.echo(
-        f"crab run: MC {format_duration(train_duration)} (+{format_duration(heldout_duration)} held out) x {n_detectors} detectors "
+        f"crab run: MC {format_duration(train_duration)} (+{n_references} x {format_duration(heldout_duration)} held out) x {n_detectors} detectors "
         f"at {sampling_rate_hz:g} Hz, phi {phi_gv:g} GV, seed {seed}; generating {format_duration(generate_duration)} -> {run_dir}",
         err=True,
     )
