@@ -26,7 +26,7 @@ def test_reduced_pipeline_writes_complete_report_and_resumes(tmp_path, capsys):
     ]
     code, out, err = _run(capsys, *args)
     assert code == 0, err
-    for name in ("mc_train.h5", "mc_heldout.h5", "mc_heldout_2.h5", "mc_heldout_3.h5", "gan.h5", "template.h5", "template.json", "model/model.pt", "model/history.png", "report/report.md", "report/metrics.json", "pipeline.json"):
+    for name in ("mc_train.h5", "mc_heldout.h5", "mc_heldout_2.h5", "mc_heldout_3.h5", "mc_selection.h5", "model/selection.json", "gan.h5", "template.h5", "template.json", "model/model.pt", "model/history.png", "report/report.md", "report/metrics.json", "pipeline.json"):
         assert (run_dir / name).exists(), name
     report = (run_dir / "report" / "report.md").read_text()
     assert "## Set `gan`" in report and "## Set `template`" in report and "classifier_auc" in report
@@ -36,7 +36,9 @@ def test_reduced_pipeline_writes_complete_report_and_resumes(tmp_path, capsys):
     assert metrics["n_references"] == 3 and [r["seed"] for r in metrics["references"]] == [1001, 1002, 1003]
     assert len(metrics["sets"]["gan"]["metrics"]["classifier_auc"]["values"]) == 3
     state = json.loads((run_dir / "pipeline.json").read_text())
-    assert set(state["stages"]) == {"mc_train", "mc_heldout", "train", "generate", "template", "validate"}
+    assert set(state["stages"]) == {"mc_train", "mc_heldout", "mc_selection", "train", "generate", "template", "validate"}
+    # the kept epoch was chosen against the selection run (seed 3001), none of the references
+    assert state["stages"]["mc_selection"]["signature"]["seed"] == 3001 and "against the selection run" in state["stages"]["train"]["notes"]
     assert state["stages"]["mc_heldout"]["signature"]["seeds"] == [1001, 1002, 1003]
     assert len(state["stages"]["mc_heldout"]["outputs"]) == 3 and "against 3 references" in state["stages"]["validate"]["notes"]
     assert all(s["seconds"] >= 0 for s in state["stages"].values())
@@ -51,7 +53,7 @@ def test_reduced_pipeline_writes_complete_report_and_resumes(tmp_path, capsys):
     mtime = (run_dir / "model" / "model.pt").stat().st_mtime_ns
     code, out, err = _run(capsys, *args)
     assert code == 0, err
-    assert err.count("already done, skipped") == 5
+    assert err.count("already done, skipped") == 6
     assert (run_dir / "model" / "model.pt").stat().st_mtime_ns == mtime
 
 

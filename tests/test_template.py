@@ -11,7 +11,7 @@ from conftest import make_synthetic_tod
 from crab.core.errors import FileFormatError, ModelCompatibilityError
 from crab.generation import TodGenerator
 from crab.models.template import TemplateSource, fit_template, fit_template_file, load_template, save_template
-from crab.models.template.shapes import render_events, render_glitches, render_response
+from crab.models.glitch_layer.shapes import render_events, render_glitches, render_response
 from crab.io.tod import EventTable, TodMetadata, default_detector_names, write_tod
 
 FS = 19.0
@@ -69,7 +69,9 @@ def test_fit_recovers_rates_shapes_and_noise(mc, model):
 
 
 def test_generated_rates_and_common_wafer_hits(model):
-    src = TemplateSource(model, 1, block_samples=4096)
+    from crab.models.glitch_layer.wafer import WaferGrouping
+
+    src = TemplateSource(model, 1, block_samples=4096, grouping=WaferGrouping(8))
     ev = [src.events(0, b) for b in range(200)]
     direct = sum(int(np.sum(~e["wafer"])) for e in ev)
     wafer = sum(int(np.sum(e["wafer"])) for e in ev)
@@ -81,6 +83,9 @@ def test_generated_rates_and_common_wafer_hits(model):
     w1 = np.concatenate([src.events(7, b)["t"][src.events(7, b)["wafer"]] for b in range(200)])
     assert np.array_equal(w0, w1)
     assert not np.array_equal(src.events(0, 3)["t"], src.events(7, 3)["t"])
+    # a detector of another wafer (key 8: wafer 1) sees other wafer hits
+    w8 = np.concatenate([src.events(8, b)["t"][src.events(8, b)["wafer"]] for b in range(200)])
+    assert w8.size > 0 and not np.array_equal(w0[: w8.size], w8[: w0.size])
 
 
 def test_glitches_straddling_blocks_continue_exactly(model):

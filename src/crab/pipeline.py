@@ -5,10 +5,14 @@ Stages, each timed and recorded in ``run_dir/pipeline.json``:
 1. ``mc_train``    Monte Carlo for training (default 1800 s, 4 detectors, 19 Hz);
 2. ``mc_heldout``  ``n_references`` (default 4) independent Monte Carlo runs (other seeds) held
                    out for validation (``mc_heldout.h5``, ``mc_heldout_2.h5`` ...);
-3. ``train``       GAN training on the training MC (``run_dir/model``);
-4. ``generate``    1 h of GAN TOD (``run_dir/gan.h5``);
-5. ``template``    the template baseline fitted on the training MC truth, 1 h (``run_dir/template.h5``);
-6. ``validate``    both synthetic sets against every held-out run: each metric as its mean
+3. ``mc_selection`` a Monte Carlo run that chooses the kept epoch (seed ``seed + 3000``,
+                   ``mc_selection.h5``; none of the test references);
+4. ``train``       GAN training on the training MC (``run_dir/model``), snapshots every 10
+                   epochs, the one closest to the selection run kept
+                   (:func:`crab.validation.selection.select_snapshot`);
+5. ``generate``    1 h of GAN TOD (``run_dir/gan.h5``);
+6. ``template``    the template baseline fitted on the training MC truth, 1 h (``run_dir/template.h5``);
+7. ``validate``    both synthetic sets against every held-out run: each metric as its mean
                    +- scatter over them, beside the held-out runs against each other (the
                    MC-vs-MC floor) (``run_dir/report``).
 
@@ -30,7 +34,9 @@ from crab import __version__
 from crab.core.errors import InputError
 from crab.core.provenance import run_record, to_jsonable, write_json
 
-STAGES = ("mc_train", "mc_heldout", "train", "generate", "template", "validate")
+STAGES = ("mc_train", "mc_heldout", "mc_selection", "train", "generate", "template", "validate")
+#: Epochs between the snapshots the selection run scores.
+SELECT_EVERY = 10
 
 
 @dataclass
@@ -53,6 +59,10 @@ class PipelineConfig:
     n_references : int
         Independent held-out Monte Carlo runs validated against (1: the
         single-reference validation, the weaker test).
+    selection_duration_s : float or None
+        Length of the selection Monte Carlo run (s) that chooses the kept epoch
+        (seed ``seed + selection_seed_offset``); None: no selection run, training's
+        own choice (the sample-quality statistic on its validation split).
     epochs : int or None
         Training epochs (None: the training default).
     train_overrides : dict
@@ -72,6 +82,8 @@ class PipelineConfig:
     heldout_seed_offset: int = 1000
     generate_seed_offset: int = 2000
     n_references: int = 4
+    selection_duration_s: float | None = 900.0
+    selection_seed_offset: int = 3000
     train_overrides: dict[str, Any] = field(default_factory=dict)
     validation_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -80,6 +92,8 @@ class PipelineConfig:
             raise InputError(f"n_detectors must be at least 1, got {self.n_detectors}")
         if self.n_references < 1:
             raise InputError(f"n_references must be at least 1, got {self.n_references}")
+        if self.selection_duration_s is not None and not self.selection_duration_s > 0:
+            raise InputError(f"selection_duration_s must be positive or None, got {self.selection_duration_s}")
         if self.heldout_seed_offset + self.n_references > self.generate_seed_offset:
             raise InputError(f"{self.n_references} held-out runs from seed offset {self.heldout_seed_offset} would reach the generation's seed offset {self.generate_seed_offset}")
         for name in ("train_duration_s", "heldout_duration_s", "generate_duration_s", "sampling_rate_hz"):
@@ -158,7 +172,8 @@ def _stage_signature(cfg: PipelineConfig, stage: str) -> dict[str, Any]:
     sig = {
         "mc_train": {**mc, "seed": cfg.seed, "duration_s": cfg.train_duration_s},
         "mc_heldout": {**mc, "seeds": heldout_seeds(cfg), "duration_s": cfg.heldout_duration_s},
-        "train": {"epochs": cfg.epochs, "overrides": d["train_overrides"], "seed": cfg.seed},
+        "mc_selection": {**mc, "seed": cfg.seed + cfg.selection_seed_offset, "duration_s": cfg.selection_duration_s},
+        "train": {"epochs": cfg.epochs, "overrides": d["train_overrides"], "seed": cfg.seed, "selection": cfg.selection_duration_s is not None},
         "generate": {"seed": cfg.seed + cfg.generate_seed_offset, "duration_s": cfg.generate_duration_s},
         "template": {"seed": cfg.seed + cfg.generate_seed_offset, "duration_s": cfg.generate_duration_s},
         "validate": {"overrides": d["validation_overrides"]},
@@ -228,6 +243,7 @@ def run_pipeline(
     paths = {
         "mc_train": run_dir / "mc_train.h5",
         **{name: run_dir / f"{name}.h5" for name in heldout_names(cfg)},
+        "mc_selection": run_dir / "mc_selection.h5",
         "model": run_dir / "model",
         "gan": run_dir / "gan.h5",
         "template_model": run_dir / "template.json",
@@ -243,6 +259,8 @@ def run_pipeline(
     if cfg.epochs is not None:
         tkw["epochs"] = cfg.epochs
     train_cfg = TrainConfig(seed=cfg.seed, **tkw)
+    if cfg.selection_duration_s is not None and "snapshot_every" not in tkw:
+        train_cfg = dataclasses.replace(train_cfg, snapshot_every=min(SELECT_EVERY, train_cfg.epochs))
     val_cfg = ValidationConfig.from_dict(cfg.validation_overrides) if cfg.validation_overrides else ValidationConfig()
     gen_seed = cfg.seed + cfg.generate_seed_offset
     holder: dict[str, Any] = {}
@@ -257,9 +275,22 @@ def run_pipeline(
             simulate_to_file(mc_cfg, cfg.heldout_duration_s, seed, paths[name], progress=progress, overwrite=True, description=f"crab run: held-out Monte Carlo {k} of {len(seeds)}")
         return f"{len(seeds)} independent run{'s' if len(seeds) > 1 else ''}, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
 
+    def stage_mc_selection() -> str:
+        if cfg.selection_duration_s is None:
+            return "no selection run: training's own choice of epoch"
+        seed = cfg.seed + cfg.selection_seed_offset
+        simulate_to_file(mc_cfg, cfg.selection_duration_s, seed, paths["mc_selection"], progress=progress, overwrite=True, description="crab run: selection Monte Carlo")
+        return f"seed {seed}"
+
     def stage_train() -> str:
         res = train([paths["mc_train"]], paths["model"], train_cfg, overwrite=True, progress=progress)
-        return f"{res.epochs_done} epochs, best epoch {res.best_epoch}"
+        notes = f"{res.epochs_done} epochs, best epoch {res.best_epoch} (sample quality)"
+        if cfg.selection_duration_s is not None:
+            from crab.validation.selection import select_snapshot
+
+            chosen = select_snapshot(paths["model"], paths["mc_selection"])
+            notes += f"; kept epoch {chosen['chosen_epoch']}: classifier AUC {chosen['chosen_auc']:.3f} against the selection run"
+        return notes
 
     def stage_generate() -> str:
         model = load_generation_model(paths["model"], sampling_rate_hz=cfg.sampling_rate_hz)
@@ -283,12 +314,13 @@ def run_pipeline(
     stages: dict[str, tuple[Callable[[], str], list[str]]] = {
         "mc_train": (stage_mc_train, ["mc_train"]),
         "mc_heldout": (stage_mc_heldout, heldout_names(cfg)),
+        "mc_selection": (stage_mc_selection, ["mc_selection"] if cfg.selection_duration_s is not None else []),
         "train": (stage_train, ["model"]),
         "generate": (stage_generate, ["gan"]),
         "template": (stage_template, ["template_model", "template"]),
         "validate": (stage_validate, ["report"]),
     }
-    depends = {"mc_train": [], "mc_heldout": [], "train": ["mc_train"], "generate": ["train"], "template": ["mc_train"], "validate": ["mc_heldout", "generate", "template"]}
+    depends = {"mc_train": [], "mc_heldout": [], "mc_selection": [], "train": ["mc_train", "mc_selection"], "generate": ["train"], "template": ["mc_train"], "validate": ["mc_heldout", "generate", "template"]}
     rerun: set[str] = set()
     for name in STAGES:
         fn, outs = stages[name]

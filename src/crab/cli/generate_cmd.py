@@ -54,12 +54,13 @@ def _conditions(phi_gv: float | None, schedule: Path | None, cond: tuple[str, ..
 @click.option("--phi-schedule", type=click.Path(dir_okay=False, path_type=Path), help="CSV of (time, phi) for a mission history, linearly interpolated in time (see crab.physics.conditions).")
 @click.option("--allow-extrapolation", is_flag=True, help="Accept conditions outside the range the model was trained on.")
 @click.option("--cond", multiple=True, help="Condition of a conditioned model, NAME=VALUE (e.g. phi_gv=0.6); repeatable.")
+@click.option("--wafer-size", type=int, callback=positive_int, help="Detectors per wafer sharing its hits (keys k // N); default: the wafer the model was fitted on; 1: every detector on its own wafer.")
 @click.option("--workers", type=int, callback=positive_int, help="Worker threads (default: CPUs available); does not change the output.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def generate(
     model_path, method, fit_path, save_template, duration, detectors, seed, start, out, checksum_only, chunk_samples, sampling_rate_hz,
-    phi_gv, phi_schedule, allow_extrapolation, cond, workers, overwrite, no_progress,
+    phi_gv, phi_schedule, allow_extrapolation, cond, wafer_size, workers, overwrite, no_progress,
 ):
     """Generate TOD of any length, streamed in chunks, seam-free and reproducible.
 
@@ -69,6 +70,7 @@ def generate(
       crab generate --model model_dir --duration 1d --start 2d --out slice.h5
       crab generate --method template --fit mc.h5 --save-template tpl.json --duration 1d --out tpl.h5
       crab generate --model model_dir --duration 3y --checksum-only
+      crab generate --model model_dir --duration 1d --detectors 64 --wafer-size 16 --out wafers.h5
       crab generate --model phi_model --phi 0.7 --duration 1d --out gen.h5
       crab generate --model phi_model --phi-schedule mission_phi.csv --duration 3y --detectors 8 --out gen.h5
     """
@@ -107,7 +109,7 @@ def generate(
     options = {k: v for k, v in (("cond", conditions), ("allow_extrapolation", allow_extrapolation or None)) if v is not None}
     if model.kind != "gan" and options:
         raise InputError("--phi, --phi-schedule, --cond and --allow-extrapolation apply to conditioned GAN models only")
-    gen = G.TodGenerator(model, seed, n_workers=workers, **options)
+    gen = G.TodGenerator(model, seed, n_workers=workers, wafer_size=wafer_size, **options)
     progress = False if no_progress else None
     run_config = {"command": "crab generate", "fit": None if fit_path is None else str(fit_path)}
 

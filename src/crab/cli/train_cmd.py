@@ -14,6 +14,9 @@ import click
 from crab.cli.options import nonnegative_int, positive_int
 
 
+#: Epochs between the snapshots scored by --select-with (unless --snapshot-every says otherwise).
+SELECT_EVERY = 10
+
 #: CLI option -> TrainConfig field (options left out keep the file's value, the default, or the checkpoint's with --resume)
 _FIELDS = {"epochs": "epochs", "seed": "seed", "threads": "num_threads", "joint_detectors": "joint_detectors", "snapshot_every": "snapshot_every"}
 
@@ -30,14 +33,16 @@ _FIELDS = {"epochs": "epochs", "seed": "seed", "threads": "num_threads", "joint_
 @click.option("--joint-detectors", is_flag=True, default=None, help="Generate the detectors of a file jointly (one multi-channel window per wafer: simultaneous common-mode glitches).")
 @click.option("--threads", type=int, default=None, callback=positive_int, help="Torch CPU threads.")
 @click.option("--snapshot-every", type=int, default=None, callback=nonnegative_int, help="Also write the generation model of every N-th adversarial epoch to OUT/snapshots/epoch_NNNN (0: none).  [default: 0]")
+@click.option("--select-with", "selection", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Selection Monte Carlo (not a test reference): keep the snapshot with the lowest classifier AUC against it (snapshots every 10 epochs unless --snapshot-every).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(data, out, config, resume, overwrite, quiet, **opts):
+def train(data, out, config, resume, overwrite, quiet, selection, **opts):
     """Train the GAN on TOD from `crab simulate` (or your own Monte Carlo).
 
     \b
     Examples:
       crab train --data mc.h5 --out model_dir --epochs 200 --seed 1
       crab train --data mc.h5 --out paper_model --config paper
+      crab train --data mc.h5 --out model_dir --select-with mc_selection.h5
       crab train --data mc_phi04.h5 --data mc_phi08.h5 --data mc_phi12.h5 --condition phi --joint-detectors --out phi_model
     """
     from crab.core.errors import InputError
@@ -53,6 +58,10 @@ def train(data, out, config, resume, overwrite, quiet, **opts):
     overrides = {_FIELDS[k]: v for k, v in opts.items() if v is not None}
     if condition_on:
         overrides["condition_on"] = tuple(condition_on)
+    if selection is not None:
+        if not selection.is_file():
+            raise InputError(f"--select-with {selection}: no such file (a Monte Carlo run from `crab simulate`)")
+        overrides.setdefault("snapshot_every", min(SELECT_EVERY, overrides.get("epochs") or SELECT_EVERY))
     model_config = None
     if resume:
         base = checkpoint_train_config(out).to_dict()
@@ -73,3 +82,8 @@ def train(data, out, config, resume, overwrite, quiet, **opts):
         f"trained {result.epochs_done} epochs in {result.seconds:.0f} s; sample-quality statistic {best} "
         f"(real-vs-real floor {result.quality_floor:.3f}); model: {Path(out) / 'model.pt'}; history: {Path(out) / 'history.png'}"
     )
+    if selection is not None:
+        from crab.validation.selection import select_snapshot
+
+        chosen = select_snapshot(out, selection, log=None if quiet else lambda line: click.echo(line, err=True))
+        click.echo(f"selected epoch {chosen['chosen_epoch']} (classifier AUC {chosen['chosen_auc']:.3f} against {selection}); model: {Path(out) / 'model.pt'}")

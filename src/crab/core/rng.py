@@ -28,6 +28,7 @@ STREAMS: dict[str, int] = {
     "mc_burnin": 4,  # (stream, 0): wafer hits of the MC burn-in before t = 0
     "gan_latent": 10,  # (stream, detector, latent block): GAN latent sequence
     "gan_noise": 11,  # (stream, detector, noise block): additive noise of generation
+    "gan_wafer": 12,  # (stream, wafer, block): hits of the wafer layer
     "template_events": 20,  # (stream, detector, block): template glitches
     "template_noise": 21,  # (stream, detector, noise block): template noise
     "training": 30,  # (stream,): weight init, shuffling, training latents

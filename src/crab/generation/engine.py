@@ -121,10 +121,19 @@ class TodGenerator:
         """The generation settings that define the bytes (for the run record)."""
         return {"seed": self.seed, **self.source.describe()}
 
+    def assign_wafers(self, mapping) -> None:
+        """Put detector keys on wafers, ``{key: (wafer, position)}`` (:meth:`~crab.models.base.TileSource.assign_wafers`);
+        e.g. :meth:`crab.models.glitch_layer.wafer.WaferGrouping.by_name` of detector and wafer names."""
+        self.source.assign_wafers(mapping)
+
     def detector_names(self, detectors: int | Sequence[int]) -> list[str]:
-        """Default names of ``detectors``: ``W00_D000, ...`` (one wafer), or for a joint (wafer)
-        model ``W{key}_D{row}`` (key = wafer, row = detector of the wafer)."""
+        """Default names of ``detectors``: ``W{wafer}_D{position}`` for a method that draws hits per
+        wafer (:meth:`~crab.models.base.TileSource.wafer_of`), else ``W00_D000, ...`` (one wafer),
+        or for a joint (wafer) model ``W{key}_D{row}`` (key = wafer, row = detector of the wafer)."""
         if self.source.rows == 1:
+            wafers = [self.source.wafer_of(k) for k, _ in self._rows(detectors)]
+            if all(w is not None for w in wafers):
+                return [f"W{w:02d}_D{p:03d}" for w, p in wafers]
             from crab.io.tod import default_detector_names
 
             return default_detector_names(len(self._rows(detectors)))

@@ -92,6 +92,10 @@ class CosmicRayParams:
         in seconds, the axis of the absolute sample index).
     allow_extrapolation : bool
         Accept conditions outside the model's trained range.
+    wafers : dict of str to str, optional
+        Wafer name of each detector name: detectors of one wafer share its wafer hits (a model
+        with a wafer layer).  Default: the observation's ``wafer`` attribute (litebird_sim sets
+        it from ``DetectorInfo.wafer``); without either, every detector is on its own wafer.
     """
 
     conversion_factor: float | Mapping[str, float] = 1.0
@@ -99,6 +103,7 @@ class CosmicRayParams:
     n_workers: int | None = None
     cond: Any = None
     allow_extrapolation: bool = False
+    wafers: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.conversion_factor, Mapping):
@@ -212,13 +217,18 @@ def _generate(source: Any, keys: Sequence[int], start: int, n: int) -> np.ndarra
     return out
 
 
-def _add_block(tod: np.ndarray, names: Sequence[str], source: Any, abs_start: int, params: CosmicRayParams) -> None:
-    """Add the generated TOD of ``names`` at absolute samples ``abs_start...`` to ``tod`` in place, chunk by chunk."""
+def _add_block(tod: np.ndarray, names: Sequence[str], source: Any, abs_start: int, params: CosmicRayParams, wafers: Sequence[str] | None = None) -> None:
+    """Add the generated TOD of ``names`` at absolute samples ``abs_start...`` to ``tod`` in place, chunk by chunk
+    (``wafers``: the wafer name of each detector, or None)."""
     if tod.ndim != 2 or tod.shape[0] != len(names):
         raise InputError(f"TOD must have shape ({len(names)}, n_samples) for {len(names)} detectors, got {tod.shape}")
     if not np.issubdtype(tod.dtype, np.floating):
         raise InputError(f"TOD must be a floating-point array, got {tod.dtype}")
     keys = detector_keys(names)
+    if wafers is not None and hasattr(source, "assign_wafers"):
+        from crab.models.glitch_layer.wafer import WaferGrouping  # noqa: PLC0415
+
+        source.assign_wafers(WaferGrouping.by_name(keys, [str(w) for w in wafers]))
     factors = np.array([params.factor_for(str(n)) for n in names], dtype=np.float64)[:, None]
     n_samples = tod.shape[1]
     for s in range(0, n_samples, params.chunk_samples):
@@ -348,7 +358,21 @@ def apply_cosmic_rays_to_observations(
         if fs not in sources:
             sources[fs] = make_source(model, user_seed, fs, n_workers=params.n_workers, cond=params.cond, allow_extrapolation=params.allow_extrapolation)
         names = [str(n) for n in np.atleast_1d(obs.name)]
-        _add_block(tod, names, sources[fs], observation_start_sample(obs), params)
+        _add_block(tod, names, sources[fs], observation_start_sample(obs), params, _wafer_names(obs, names, params))
+
+
+def _wafer_names(obs: Any, names: list[str], params: CosmicRayParams) -> list[str] | None:
+    """The wafer of each detector: ``params.wafers``, else the observation's ``wafer`` attribute, else None."""
+    if params.wafers is not None:
+        missing = [n for n in names if n not in params.wafers]
+        if missing:
+            raise InputError(f"CosmicRayParams.wafers has no wafer for detector(s) {missing[:3]}")
+        return [str(params.wafers[n]) for n in names]
+    w = getattr(obs, "wafer", None)
+    if w is None:
+        return None
+    w = [str(v) for v in np.atleast_1d(w)]
+    return w if len(w) == len(names) and all(v not in ("None", "") for v in w) else None
 
 
 def apply_cosmic_rays_to_simulation(

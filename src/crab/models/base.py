@@ -70,6 +70,14 @@ class TileSource:
     def check_span(self, start_sample: int, stop_sample: int) -> None:
         """Raise :class:`InputError` if ``[start_sample, stop_sample)`` cannot be generated."""
 
+    def assign_wafers(self, mapping) -> None:
+        """Put detector keys on wafers: ``{key: (wafer, position)}`` (a no-op for a method without wafers)."""
+
+    def wafer_of(self, key: int) -> tuple[int, int] | None:
+        """``(wafer, position)`` of detector key ``key`` when the method draws hits per wafer
+        (:class:`crab.models.glitch_layer.wafer.WaferGrouping`), else None."""
+        return None
+
 
 @runtime_checkable
 class GenerativeModel(Protocol):

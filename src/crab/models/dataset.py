@@ -41,7 +41,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -71,6 +71,10 @@ class TodSource:
         Physical conditions of the whole file that a conditioned model can
         learn (:data:`COND_KEYS`; e.g. ``phi_gv`` of a ``crab simulate`` file,
         read from its configuration).
+    events : crab.physics.events.EventTable or None
+        The file's truth table (a Monte Carlo file's ``/events``), None without one.
+    start_time_s : float
+        Time of sample 0 on the clock of ``events`` (s).
     """
 
     tod: np.ndarray
@@ -79,6 +83,8 @@ class TodSource:
     path: Path
     units: str = "pW"
     cond: dict[str, float] = field(default_factory=dict)
+    events: Any = None
+    start_time_s: float = 0.0
 
 
 def _conditions(config: dict, where: str) -> dict[str, float]:
@@ -151,7 +157,7 @@ def load_tod_source(path: str | os.PathLike) -> TodSource:
             raise
         src = TodSource(
             tod=f.tod, sampling_rate_hz=f.meta.sampling_rate_hz, detectors=list(f.meta.detectors), path=p, units=f.meta.units or "pW",
-            cond=_conditions(f.meta.config or {}, str(p)),
+            cond=_conditions(f.meta.config or {}, str(p)), events=f.events, start_time_s=float(f.meta.start_time_s or 0.0),
         )
     if src.tod.size == 0 or src.tod.shape[1] == 0:
         raise InputError(f"{p}: the TOD is empty")

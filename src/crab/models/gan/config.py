@@ -28,7 +28,7 @@ LEGACY_FIELDS = {"event_channels": 0, "event_subsample": False, "event_kernel": 
 REMOVED_TRAIN_FIELDS = {"lr_decay_epochs": 0, "lr_decay_final": None}
 
 #: TrainConfig fields added since the first checkpoints, with the values those checkpoints' data were prepared with.
-LEGACY_TRAIN_FIELDS = {"highpass_clip_sigma": None}
+LEGACY_TRAIN_FIELDS = {"highpass_clip_sigma": None, "wafer_layer": False, "fit_pulses": False}
 
 
 def _drop_removed(d: dict, removed: dict, what: str) -> dict:
@@ -277,6 +277,15 @@ class TrainConfig:
         Torch CPU threads (None: torch's default).
     condition_on : tuple of str
         Conditions both networks receive (e.g. ``("phi_gv",)``, recorded in every training file).
+    wafer_layer : bool
+        Fit the wafer layer (:mod:`crab.models.glitch_layer.wafer`) on the training files' truth
+        tables, train the networks on the TOD without it, and draw it once per wafer at
+        generation, seen by every detector of the wafer.  Needs truth tables (Monte Carlo
+        files); without them, or with conditions or joint detectors, it is not used.
+    fit_pulses : bool
+        Start the generator's additive glitches (pulse per event channel, amplitude law) from the
+        direct hits fitted on the training data (:mod:`crab.models.gan.pulses`; event times from
+        the truth table, else from the glitch finder) instead of generic decays.
     joint_detectors : bool
         Generate all detectors of a file jointly (one multi-channel window per wafer); every file
         must have the same number of detectors.
@@ -318,6 +327,8 @@ class TrainConfig:
     seed: int = 1
     num_threads: int | None = None
     condition_on: tuple[str, ...] = ()
+    wafer_layer: bool = True
+    fit_pulses: bool = False
     joint_detectors: bool = False
     snapshot_every: int = 0
 

@@ -23,6 +23,7 @@ from crab.core.errors import InputError
 from crab.models.base import TileSource
 from crab.models.gan.inference import CompiledGenerator, NotCompilable, compile_generator
 from crab.models.gan.latent import latent_sequence, stream_key
+from crab.models.glitch_layer.wafer import WaferGrouping, WaferSignal
 from crab.physics.noise import NoiseGenerator
 
 #: Latent steps per tile of the streaming GAN (16384 samples with the default
@@ -74,12 +75,17 @@ class GanSource(TileSource):
     backend : str
         ``"auto"`` (the fast rewrite, checked against the module; the module
         if the check fails), ``"fast"`` (error if not applicable) or ``"module"``.
+    grouping : WaferGrouping, optional
+        Which wafer each detector key is on, for a model with a wafer layer
+        (default: the training wafer's size per wafer).  The hits of wafer ``w``
+        come from the stream ``("gan_wafer", w, block)``.
     """
 
     kind = "gan"
 
     def __init__(
-        self, model, seed: int, *, cond=None, allow_extrapolation: bool = False, tile_latents: int = DEFAULT_TILE_LATENTS, backend: str = "auto"
+        self, model, seed: int, *, cond=None, allow_extrapolation: bool = False, tile_latents: int = DEFAULT_TILE_LATENTS, backend: str = "auto",
+        grouping: WaferGrouping | None = None,
     ) -> None:
         self.model = model
         self.seed = rng.check_seed(seed)
@@ -107,6 +113,14 @@ class GanSource(TileSource):
             raise InputError(f"tile_latents must be >= 1, got {tile_latents}")
         self.tile_samples = self.tile_latents * self.f
         self._fast = None
+        layer = getattr(model, "wafer_layer", None)
+        self.layer = layer if layer is not None and layer.active else None
+        if self.layer is not None and self.rows != 1:
+            raise InputError("a wafer layer needs a one-detector generator (not a joint-detector model)")
+        self.grouping = grouping or WaferGrouping(self.layer.n_detectors if self.layer else 1)
+        self.wafer: WaferSignal | None = None
+        if self.layer is not None:
+            self.wafer = WaferSignal(self.layer.population, self.sampling_rate_hz, self.seed, "gan_wafer", self.tile_samples)
         if backend not in ("auto", "fast", "module"):
             raise InputError(f"backend must be 'auto', 'fast' or 'module', got {backend!r}")
         if backend != "module":
@@ -150,6 +164,8 @@ class GanSource(TileSource):
             raise NotCompilable(f"self-check mismatch ({float(np.max(np.abs(a - b))) / scale:.2e} relative)")
 
     def prepare(self, n_keys: int) -> None:
+        if self.layer is not None:
+            self.wafer = WaferSignal(self.layer.population, self.sampling_rate_hz, self.seed, "gan_wafer", self.tile_samples, n_wafers=n_keys)
         if self._noise_args is not None:
             p, fs, seed, stream, lp = self._noise_args
             self.noise = NoiseGenerator(p, fs, seed, stream, lowpass_hz=lp, cache_blocks=max(8, 4 * n_keys * self.rows))
@@ -214,7 +230,21 @@ class GanSource(TileSource):
         # additive glitches: sinh(k y) + pulses already (linear), x = x0 + s * that (no asinh and sinh again)
         out = self._inverse(np.ascontiguousarray(y, dtype=np.float32), linear)
         self._add_noise(out, key, t)
+        if self.wafer is not None:
+            out[0] += self.wafer_signal(key, t).astype(np.float32)
         return out
+
+    def assign_wafers(self, mapping) -> None:
+        self.grouping.assign(mapping)
+
+    def wafer_of(self, key: int) -> tuple[int, int] | None:
+        return None if self.layer is None else self.grouping.of(key)
+
+    def wafer_signal(self, key: int, t: int) -> np.ndarray:
+        """The wafer layer's part of tile ``t`` of detector key ``key`` (float64): its coupling times
+        the signal of its wafer."""
+        wafer, position = self.grouping.of(key)
+        return self.layer.coupling(position) * self.wafer.signal(wafer, t)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -227,4 +257,5 @@ class GanSource(TileSource):
             "cond": None if self.schedule is None else self.schedule.to_dict(),
             "tile_latents": self.tile_latents,
             "margin_latents": self.margin,
+            "wafer_layer": None if self.layer is None else {"stream": "gan_wafer (wafer, block)", **self.grouping.describe(), "rate_hz": self.layer.population.rate_hz},
         }

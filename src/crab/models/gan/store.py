@@ -17,11 +17,12 @@ import numpy as np
 import torch
 
 from crab import __version__
-from crab.core.errors import ModelCompatibilityError
+from crab.core.errors import InputError, ModelCompatibilityError
 from crab.core.formats import check_format, format_record
 from crab.models.base import TileSource, reject_options
 from crab.models.gan.config import ModelConfig
 from crab.models.gan.network import Generator
+from crab.models.glitch_layer.wafer import WaferLayer, grouping_for
 from crab.physics.noise import NoiseParams
 from crab.core.provenance import atomic_write_bytes
 from crab.models.gan.transform import AmplitudeTransform
@@ -58,6 +59,9 @@ class TrainedModel:
         Names of conditioning inputs (empty when unconditioned).
     cond_range : list of (float, float)
         Trained range of each conditioning input.
+    wafer_layer : WaferLayer or None
+        The wafer layer drawn once per wafer and added to the network's output
+        (``TrainConfig.wafer_layer``); None: the network makes everything.
     extra : dict
         Everything else stored (epoch, quality statistic, training config...).
     """
@@ -73,6 +77,7 @@ class TrainedModel:
     detectors_trained: list[str] = field(default_factory=list)
     cond_names: list[str] = field(default_factory=list)
     cond_range: list[tuple[float, float]] = field(default_factory=list)
+    wafer_layer: WaferLayer | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
@@ -80,7 +85,8 @@ class TrainedModel:
     kind = "gan"
 
     def tile_source(
-        self, seed: int, *, cond=None, allow_extrapolation: bool = False, tile_latents: int | None = None, backend: str | None = None, **options: Any
+        self, seed: int, *, cond=None, allow_extrapolation: bool = False, tile_latents: int | None = None, backend: str | None = None,
+        wafer_size: int | None = None, wafers=None, **options: Any
     ) -> TileSource:
         """The GAN's tiles for ``seed`` (:class:`crab.models.gan.source.GanSource`).
 
@@ -89,6 +95,10 @@ class TrainedModel:
         seed : int
         cond, allow_extrapolation, tile_latents, backend
             See :class:`~crab.models.gan.source.GanSource` (None: the default).
+        wafer_size, wafers
+            Which detectors share the wafer layer's hits: ``wafer_size`` detectors per wafer
+            (default: those of the training wafer) or ``wafers``, a
+            :class:`~crab.models.glitch_layer.wafer.WaferGrouping` or ``{key: (wafer, position)}``.
         """
         from crab.models.gan.source import DEFAULT_TILE_LATENTS, GanSource
 
@@ -96,6 +106,7 @@ class TrainedModel:
         return GanSource(
             self, seed, cond=cond, allow_extrapolation=bool(allow_extrapolation),
             tile_latents=DEFAULT_TILE_LATENTS if tile_latents is None else tile_latents, backend="auto" if backend is None else backend,
+            grouping=grouping_for(self.wafer_layer.n_detectors if self.wafer_layer else 1, wafer_size, wafers),
         )
 
 
@@ -111,6 +122,7 @@ def save_model(
     detectors_trained: list[str] | None = None,
     cond_names: list[str] | None = None,
     cond_range: list[tuple[float, float]] | None = None,
+    wafer_layer: dict | None = None,
     **extra: Any,
 ) -> Path:
     """Write ``model.pt`` atomically (``path`` is the file or its directory).
@@ -141,6 +153,7 @@ def save_model(
         "detectors_trained": list(detectors_trained or []),
         "cond_names": list(cond_names or []),
         "cond_range": [list(map(float, r)) for r in (cond_range or [])],
+        "wafer_layer": wafer_layer,
         "extra": extra,
     }
     buf = io.BytesIO()
@@ -209,6 +222,16 @@ def load_model(
         detectors_trained=list(d.get("detectors_trained", [])),
         cond_names=list(d.get("cond_names", [])),
         cond_range=[tuple(r) for r in d.get("cond_range", [])],
+        wafer_layer=_wafer_layer(d.get("wafer_layer"), f),
         extra=dict(d.get("extra", {})),
         path=f,
     )
+
+
+def _wafer_layer(d: dict | None, where) -> WaferLayer | None:
+    if d is None:
+        return None
+    try:
+        return WaferLayer.from_dict(d)
+    except (KeyError, TypeError, ValueError, InputError) as exc:
+        raise ModelCompatibilityError(f"{where}: malformed wafer layer ({exc.__class__.__name__}: {exc})") from None

@@ -35,6 +35,7 @@ import dataclasses
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,9 @@ from crab.core import interrupt
 from crab.core.errors import InputError
 from crab.core.progress import bar
 from crab.core.provenance import atomic_write_bytes, run_record, write_json
+from crab.models.glitch_layer.direct_population import fit_direct_hits
+from crab.models.glitch_layer.wafer_fit import subtract_wafer_layer
+from crab.models.gan.pulses import init_additive_glitches
 from crab.models.dataset import TodSource, TrainingData, WindowSampler, load_tod_sources, prepare_training_data
 from crab.models.gan.checkpoint import (
     BEST_FILE,
@@ -225,6 +229,10 @@ def train(
     n_ch = int(sources[0].tod.shape[0]) if cfg.joint_detectors else 1
     _check_model_config(model_config, cfg, n_ch)
     _prepare_out_dir(out, resume, overwrite)
+    layer, sources, layer_note = _wafer_layer(cfg, sources, progress)
+    direct = None
+    if cfg.fit_pulses and ck is None and model_config.has_additive_glitches:
+        direct = fit_direct_hits(sources, kernel=model_config.event_kernel, n_bands=model_config.event_channels, n_basis=3 if model_config.event_subsample else 1)
     data_ = prepare_training_data(
         sources,
         window_samples=cfg.window_samples,
@@ -250,7 +258,7 @@ def train(
         created = True
     out.mkdir(parents=True, exist_ok=True)
     try:
-        return _run(cfg, mcfg, data_, sources, out, ck, progress, t_start)
+        return _run(cfg, mcfg, data_, sources, out, ck, progress, t_start, layer, layer_note, direct)
     except BaseException:
         if created and not (out / CHECKPOINT_FILE).exists():
             shutil.rmtree(out, ignore_errors=True)
@@ -259,13 +267,30 @@ def train(
         torch.set_num_threads(old_threads)
 
 
-def _run(cfg: TrainConfig, mcfg: ModelConfig, data: TrainingData, sources, out: Path, ck: dict | None, progress: bool, t_start: float) -> TrainResult:
+def _wafer_layer(cfg: TrainConfig, sources: list[TodSource], progress: bool):
+    """``(layer, sources, note)``: the wafer layer fitted and subtracted (:func:`subtract_wafer_layer`) when it applies."""
+    if not cfg.wafer_layer:
+        return None, sources, "wafer layer off (wafer_layer = false)"
+    if cfg.condition_on or cfg.joint_detectors:
+        return None, sources, "no wafer layer with conditions or joint detectors: the network learns the wafer's signal"
+    layer, residual, note = subtract_wafer_layer(sources)
+    if progress:
+        print(note, file=sys.stderr)
+    return layer, residual, note
+
+
+def _run(cfg: TrainConfig, mcfg: ModelConfig, data: TrainingData, sources, out: Path, ck: dict | None, progress: bool, t_start: float,
+         layer=None, layer_note: str = "", direct=None) -> TrainResult:
     B, W = cfg.batch_size, cfg.window_samples
     tf = data.transform
 
     # ---- networks and optimisers
     torch.manual_seed(seed_from(cfg.seed, 1))
     G, D = Generator(mcfg), Discriminator(mcfg)
+    pulses = None
+    if direct is not None and G.additive is not None:  # a resumed run takes its weights from the checkpoint
+        exposure_s = sum(s.tod.shape[0] * s.tod.shape[1] for s in sources) / data.sampling_rate_hz
+        pulses = init_additive_glitches(G.additive, direct, scale=tf.scale, sampling_rate_hz=data.sampling_rate_hz, events_per_s=direct.amplitude.size / exposure_s)
     ema = copy.deepcopy(G).requires_grad_(False) if cfg.ema_decay > 0 else None
     opt_d = _optimizer(cfg.d_optimizer, D.parameters(), cfg.d_lr, cfg.d_momentum, cfg.d_betas)
     opt_g = _optimizer(cfg.g_optimizer, G.parameters(), cfg.g_lr, cfg.g_momentum, cfg.g_betas)
@@ -414,6 +439,7 @@ def _run(cfg: TrainConfig, mcfg: ModelConfig, data: TrainingData, sources, out: 
                 save_model(where, G_eval, tf, data.sampling_rate_hz, units=data.units, noise_params=slow, highpass_hz=data.highpass_hz,
                            detectors_trained=data.detectors, epoch=epoch, quality=quality, quality_floor=floor, noise_sigma=data.noise_sigma,
                            cond_names=data.cond_names, cond_range=data.cond_range,
+                           wafer_layer=None if layer is None else layer.to_dict(), wafer_layer_note=layer_note, initial_pulses=pulses,
                            train_config={k: norm_value(v) for k, v in cfg.to_dict().items()})
         if is_best:
             best_quality, best_epoch = quality, epoch

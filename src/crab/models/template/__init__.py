@@ -79,15 +79,15 @@ Generation (:class:`crab.models.template.source.TemplateSource`, used through :c
 Template models are saved as JSON (:func:`crab.models.template.model.save_template`,
 :func:`crab.models.template.model.load_template`).
 
-Modules: :mod:`~crab.models.template.shapes` (glitch shapes and their rendering),
-:mod:`~crab.models.template.population` (a glitch population),
+Modules: :mod:`~crab.models.glitch_layer.shapes` (glitch shapes and their rendering),
+:mod:`~crab.models.glitch_layer.population` (a glitch population),
 :mod:`~crab.models.template.fitting` (the fit), :mod:`~crab.models.template.model`
 (the stored model), :mod:`~crab.models.template.source` (its tiles).
 """
 
 from crab.models.template.fitting import fit_template, fit_template_file
 from crab.models.template.model import TEMPLATE_FILE, TemplateModel, load_template, save_template
-from crab.models.template.population import GlitchPopulation
+from crab.models.glitch_layer.population import GlitchPopulation
 from crab.models.template.source import TemplateSource
 
 __all__ = ["TEMPLATE_FILE", "GlitchPopulation", "TemplateModel", "TemplateSource", "fit_template", "fit_template_file", "load_template", "save_template"]

@@ -14,8 +14,9 @@ from crab.core.errors import InputError, ModelCompatibilityError
 from crab.core.formats import check_format, format_record
 from crab.core.provenance import atomic_write_bytes
 from crab.models.base import reject_options
-from crab.models.template.population import GlitchPopulation
-from crab.models.template.shapes import QUANTILE_P
+from crab.models.glitch_layer.population import GlitchPopulation
+from crab.models.glitch_layer.shapes import QUANTILE_P
+from crab.models.glitch_layer.wafer import grouping_for
 from crab.models.template.source import DEFAULT_BLOCK_SAMPLES, TemplateSource
 from crab.physics.noise import NoiseParams
 
@@ -55,13 +56,18 @@ class TemplateModel:
     #: The method's name in :data:`crab.models.registry.METHODS`.
     kind = "template"
 
-    def tile_source(self, seed: int, *, block_samples: int = DEFAULT_BLOCK_SAMPLES, **options: Any) -> TemplateSource:
-        """The template's tiles for ``seed`` (:class:`TemplateSource`); it takes no GAN option (conditions...)."""
+    def tile_source(self, seed: int, *, block_samples: int = DEFAULT_BLOCK_SAMPLES, wafer_size: int | None = None, wafers=None, **options: Any) -> TemplateSource:
+        """The template's tiles for ``seed`` (:class:`TemplateSource`); it takes no GAN option (conditions...).
+
+        ``wafer_size`` (detectors per wafer; default: those of the fitted TOD) or ``wafers`` (a
+        :class:`~crab.models.glitch_layer.wafer.WaferGrouping` or ``{key: (wafer, position)}``)
+        say which detectors share wafer hits."""
         reject_options("template", options, {
             "cond": "conditions (--phi, --phi-schedule, --cond) apply to conditioned GAN models only",
             "allow_extrapolation": "--allow-extrapolation applies to conditioned GAN models only",
         })
-        return TemplateSource(self, seed, block_samples=block_samples)
+        grouping = grouping_for(int(self.fit_info.get("n_detectors", 1)), wafer_size, wafers)
+        return TemplateSource(self, seed, block_samples=block_samples, grouping=grouping)
 
     def to_dict(self) -> dict:
         return {

@@ -10,12 +10,13 @@ import numpy as np
 from crab.core import rng
 from crab.core.errors import InputError
 from crab.models.base import TileSource
-from crab.models.template.population import GlitchPopulation
-from crab.models.template.shapes import lookback_samples, render_events, render_response
+from crab.models.glitch_layer.population import GlitchPopulation
+from crab.models.glitch_layer.shapes import lookback_samples, render_events, render_response
+from crab.models.glitch_layer.wafer import WaferGrouping, WaferSignal
 from crab.physics.noise import NoiseGenerator
 
-#: Key of the wafer events in the "template_events" stream: above every detector
-#: key (indices and ``rng.detector_key`` values are below 2**63).
+#: Key of the events of wafer 0 in the "template_events" stream (wafer ``w``: ``WAFER_KEY + w``):
+#: above every detector key (indices and ``rng.detector_key`` values are below 2**63).
 WAFER_KEY = 1 << 63
 #: Samples per generation block (tile).
 DEFAULT_BLOCK_SAMPLES = 1 << 16
@@ -30,12 +31,14 @@ class TemplateSource(TileSource):
     seed : int
     block_samples : int
         Samples per block (tile); part of what defines the bytes.
+    grouping : WaferGrouping, optional
+        Which wafer each detector key is on (default: all the fitted wafer's size per wafer).
     """
 
     kind = "template"
     rows = 1
 
-    def __init__(self, model, seed: int, *, block_samples: int = DEFAULT_BLOCK_SAMPLES) -> None:
+    def __init__(self, model, seed: int, *, block_samples: int = DEFAULT_BLOCK_SAMPLES, grouping: WaferGrouping | None = None) -> None:
         self.model = model
         self.seed = rng.check_seed(seed)
         self.sampling_rate_hz = float(model.sampling_rate_hz)
@@ -47,21 +50,24 @@ class TemplateSource(TileSource):
         self.lookback = max(lookback_samples(p.max_tau_s(), fs, p.delay_s) for p in (model.direct, model.wafer))
         self.n_back = int(np.ceil(self.lookback / self.tile_samples))
         self.noise: NoiseGenerator | None = None
+        self.grouping = grouping or WaferGrouping(int(model.fit_info.get("n_detectors", 1)))  # one wafer of the fitted size
         self.prepare(1)
 
     def prepare(self, n_keys: int) -> None:
         self._lock = threading.Lock()
         self._events_cache: dict[tuple[int, int], dict[str, np.ndarray]] = {}
         self._events_cache_size = 4 * (n_keys + 1) * (self.n_back + 1)
-        self._wafer_cache: dict[int, np.ndarray] = {}
-        self._wafer_cache_size = 4 + 2 * n_keys
+        self.wafer = WaferSignal(self.model.wafer, self.sampling_rate_hz, self.seed, "template_events", self.tile_samples, key_offset=WAFER_KEY, n_wafers=n_keys)
         self.noise = NoiseGenerator(self.model.noise_params, self.sampling_rate_hz, self.seed, "template_noise", cache_blocks=max(8, 3 * n_keys + 2))
 
     def events(self, key: int, block: int) -> dict[str, np.ndarray]:
         """Events whose hit time lies in ``block``: ``{"t": sample times (float), "c2": peak height
         (direct) or energy in keV (linear wafer), "tau_s", "wafer" (bool)}``."""
         direct = self._events(key, block)
-        wafer = self._events(WAFER_KEY, block)
+        if self.model.wafer.rate_hz <= 0:
+            return direct
+        t, energy = self.wafer.events(self.grouping.of(key)[0], block)
+        wafer = {"t": t, "c2": energy, "tau_s": np.full(t.size, np.nan), "wafer": np.ones(t.size, bool)}
         return {k: np.concatenate([direct[k], wafer[k]]) for k in direct}
 
     def _events(self, key: int, block: int) -> dict[str, np.ndarray]:
@@ -77,19 +83,15 @@ class TemplateSource(TileSource):
     def _draw_events(self, key: int, block: int) -> dict[str, np.ndarray]:
         B = self.tile_samples
         fs = self.sampling_rate_hz
-        is_wafer = key == WAFER_KEY
-        pop = self.model.wafer if is_wafer else self.model.direct
+        pop = self.model.direct
         if pop.rate_hz <= 0:
             z = np.zeros(0)
             return {"t": z, "c2": z, "tau_s": z, "wafer": np.zeros(0, bool)}
         g = rng.generator(self.seed, "template_events", key, block)
         n = int(g.poisson(pop.rate_hz * B / fs))
         t = block * B + g.random(n) * B
-        if pop.linear:
-            c2, tau = pop.sample_energy(g.random(n)), np.full(n, np.nan)
-        else:
-            c2, tau = pop.sample(g.random(n), g.random(n))
-        return {"t": t, "c2": c2, "tau_s": tau, "wafer": np.full(n, is_wafer)}
+        c2, tau = pop.sample(g.random(n), g.random(n))
+        return {"t": t, "c2": c2, "tau_s": tau, "wafer": np.zeros(n, bool)}
 
     def _gather(self, key: int, t: int) -> dict[str, np.ndarray]:
         evs = [self._events(key, b) for b in range(max(0, t - self.n_back), t + 1)]
@@ -102,17 +104,15 @@ class TemplateSource(TileSource):
             return render_response(first_sample, n_samples, ev["t"], ev["c2"], pop.response_tau_s, pop.response_pw_per_kev, fs, delay_s=pop.delay_s)
         return render_events(first_sample, n_samples, ev["t"], ev["c2"], ev["tau_s"], fs, rise_s=pop.rise_s, delay_s=pop.delay_s)
 
-    def wafer_signal(self, t: int) -> np.ndarray:
-        """The wafer part of tile ``t`` (float64, tile_samples), common to every detector (cached)."""
-        hit = self._wafer_cache.get(t)
-        if hit is None:
-            B = self.tile_samples
-            hit = self.render(self.model.wafer, t * B, B, self._gather(WAFER_KEY, t)) if self.model.wafer.rate_hz > 0 else np.zeros(B)
-            with self._lock:
-                self._wafer_cache[t] = hit
-                while len(self._wafer_cache) > self._wafer_cache_size:
-                    self._wafer_cache.pop(next(iter(self._wafer_cache)))
-        return hit
+    def assign_wafers(self, mapping) -> None:
+        self.grouping.assign(mapping)
+
+    def wafer_of(self, key: int) -> tuple[int, int] | None:
+        return self.grouping.of(key) if self.model.wafer.rate_hz > 0 else None
+
+    def wafer_signal(self, key: int, t: int) -> np.ndarray:
+        """The wafer part of tile ``t`` of detector key ``key`` (float64, tile_samples), common to its wafer."""
+        return self.wafer.signal(self.grouping.of(key)[0], t)
 
     def direct_signal(self, key: int, t: int) -> np.ndarray:
         """The direct-hit part of tile ``t`` of detector ``key`` (float64, tile_samples)."""
@@ -123,7 +123,7 @@ class TemplateSource(TileSource):
 
     def glitches(self, key: int, t: int) -> np.ndarray:
         """The glitch part of tile ``t`` (float64, tile_samples)."""
-        return self.direct_signal(key, t) + self.wafer_signal(t)
+        return self.direct_signal(key, t) + self.wafer_signal(key, t)
 
     def tile(self, key: int, t: int) -> np.ndarray:
         B = self.tile_samples
@@ -139,5 +139,6 @@ class TemplateSource(TileSource):
             "direct_rate_hz": self.model.direct.rate_hz,
             "wafer_rate_hz": self.model.wafer.rate_hz,
             "wafer_model": "linear response" if self.model.wafer.linear else "independent templates",
-            "streams": {"events": "template_events (detector, block); wafer: (WAFER_KEY, block)", "noise": "template_noise"},
+            "wafers": self.grouping.describe(),
+            "streams": {"events": "template_events (detector, block); wafer w: (WAFER_KEY + w, block)", "noise": "template_noise"},
         }

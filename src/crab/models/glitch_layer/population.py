@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from crab.core.errors import InputError
-from crab.models.template.shapes import QUANTILE_P
+from crab.models.glitch_layer.shapes import QUANTILE_P
 
 
 @dataclass
