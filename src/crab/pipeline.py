@@ -23,8 +23,8 @@ run again, so an interrupted ``crab run`` resumes where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +32,16 @@ from typing import Any, Callable
 
 from crab import __version__
 from crab.core.errors import InputError
+from crab.core.paths import (
+    is_run_record,
+    is_temporary,
+    remove_contents,
+    replaceable_contents,
+)
 from crab.core.provenance import run_record, to_jsonable, write_json
+
+#: The run record of a run folder (what says CRAB wrote it).
+RUN_RECORD = "pipeline.json"
 
 STAGES = ("mc_train", "mc_heldout", "mc_selection", "train", "generate", "template", "validate")
 #: Epochs between the snapshots the selection run scores.
@@ -198,6 +207,37 @@ def _load_state(path: Path) -> dict[str, Any]:
         return {}
 
 
+def run_dir_files() -> tuple[str, ...]:
+    """What a run folder holds, all written by ``crab run``: patterns for :func:`crab.core.paths.replaceable_contents`
+    (the validation report's ``report/`` with its plots; the model directory's files, ``MODEL_DIR_FILES``)."""
+    from crab.models.gan.training import MODEL_DIR_FILES
+
+    return (
+        RUN_RECORD, "mc_train.h5", "mc_heldout.h5", "mc_heldout_*.h5", "mc_selection.h5", "gan.h5", "template.json", "template.h5",
+        "report/metrics.json", "report/report.md", "report/*.png", ".report.old-*/*", *(f"model/{p}" for p in MODEL_DIR_FILES),
+    )
+
+
+def check_run_dir(run_dir: str | Path, *, fresh: bool) -> list[Path]:
+    """Check the run folder before any stage; return what ``fresh`` removes (:func:`crab.core.paths.remove_contents`).
+
+    With ``fresh``, only what a ``crab run`` wrote there (:func:`run_dir_files`, with its run
+    record :data:`RUN_RECORD`) is removed, and a folder holding anything else is refused.
+    Without, a folder whose files a run would overwrite but that has no run record is refused.
+    """
+    run_dir = Path(run_dir)
+    if fresh:
+        return replaceable_contents(run_dir, run_dir_files(), marker=RUN_RECORD, what="run folder", option="--fresh")
+    if run_dir.is_dir() and not is_run_record(run_dir / RUN_RECORD):
+        names = run_dir_files()
+        clash = sorted(e.name for e in run_dir.iterdir() if not is_temporary(e.name) and any(fnmatch.fnmatchcase(e.name, p.split("/")[0]) for p in names))
+        if clash:
+            raise InputError(f"{run_dir} holds {', '.join(clash[:3])} but no {RUN_RECORD}: not a crab run folder to resume; refusing to overwrite them: choose another --out")
+    elif run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"--out {run_dir} exists and is not a folder")
+    return []
+
+
 def run_pipeline(
     cfg: PipelineConfig | None = None,
     run_dir: str | Path = "crab_run",
@@ -217,7 +257,8 @@ def run_pipeline(
     progress : bool
         Progress bars for each stage.
     fresh : bool
-        Delete ``run_dir`` first instead of resuming.
+        Remove what an earlier run wrote in ``run_dir`` first instead of resuming (see
+        :func:`run_dir_files`); a folder holding anything else is refused.
     log : callable
         Receives one line per stage as it starts and ends.
     """
@@ -230,8 +271,19 @@ def run_pipeline(
 
     cfg = cfg or PipelineConfig()
     run_dir = Path(run_dir)
-    if fresh and run_dir.exists():
-        shutil.rmtree(run_dir)
+    mc_cfg = MonteCarloConfig(n_detectors=cfg.n_detectors, sampling_rate_hz=cfg.sampling_rate_hz, phi_gv=cfg.phi_gv)
+    tcfg_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(cfg.train_overrides) - tcfg_fields
+    if unknown:
+        raise InputError(f"unknown training options {sorted(unknown)}; known: {sorted(tcfg_fields)}")
+    tkw = dict(cfg.train_overrides)
+    if cfg.epochs is not None:
+        tkw["epochs"] = cfg.epochs
+    train_cfg = TrainConfig(seed=cfg.seed, **tkw)
+    if cfg.selection_duration_s is not None and "snapshot_every" not in tkw:
+        train_cfg = dataclasses.replace(train_cfg, snapshot_every=min(SELECT_EVERY, train_cfg.epochs))
+    val_cfg = ValidationConfig.from_dict(cfg.validation_overrides) if cfg.validation_overrides else ValidationConfig()
+    remove_contents(check_run_dir(run_dir, fresh=fresh))
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / "pipeline.json"
     state = _load_state(state_path)
@@ -250,18 +302,6 @@ def run_pipeline(
         "template": run_dir / "template.h5",
         "report": run_dir / "report",
     }
-    mc_cfg = MonteCarloConfig(n_detectors=cfg.n_detectors, sampling_rate_hz=cfg.sampling_rate_hz, phi_gv=cfg.phi_gv)
-    tcfg_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = set(cfg.train_overrides) - tcfg_fields
-    if unknown:
-        raise InputError(f"unknown training options {sorted(unknown)}; known: {sorted(tcfg_fields)}")
-    tkw = dict(cfg.train_overrides)
-    if cfg.epochs is not None:
-        tkw["epochs"] = cfg.epochs
-    train_cfg = TrainConfig(seed=cfg.seed, **tkw)
-    if cfg.selection_duration_s is not None and "snapshot_every" not in tkw:
-        train_cfg = dataclasses.replace(train_cfg, snapshot_every=min(SELECT_EVERY, train_cfg.epochs))
-    val_cfg = ValidationConfig.from_dict(cfg.validation_overrides) if cfg.validation_overrides else ValidationConfig()
     gen_seed = cfg.seed + cfg.generate_seed_offset
     holder: dict[str, Any] = {}
 

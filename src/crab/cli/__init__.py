@@ -14,7 +14,13 @@ import sys
 import click
 
 from crab import __version__
-from crab.core.errors import CrabError
+from crab.core.errors import CrabError, os_error_message
+
+
+def _error(message: str, code: int = 2) -> None:
+    """Print ``error: message`` on one line of stderr and exit with ``code``."""
+    click.echo("error: " + " ".join(str(message).split()), err=True)
+    sys.exit(code)
 
 #: sub-command name -> (module, attribute, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -70,11 +76,16 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:  # bad usage or option value: one line, like CrabError
-        click.echo(f"error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
+        _error(exc.format_message(), exc.exit_code)
     except CrabError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        _error(str(exc))
+    except OSError as exc:  # the machine, the file system, the user's rights: not a bug of CRAB
+        message = os_error_message(exc)
+        if message is None:
+            raise
+        _error(message)
+    except MemoryError:
+        _error("out of memory: the run needs more memory than this machine has available (make a smaller run)")
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)

@@ -51,6 +51,8 @@ def export(input_file: Path, output_file: Path | None, in_place: bool, conversio
         return
     if output_file is None:
         raise InputError("missing OUTPUT file (or pass --in-place to modify INPUT)")
+    if input_file.exists() and (output_file.resolve() == input_file.resolve() or (output_file.exists() and output_file.samefile(input_file))):
+        raise InputError(f"OUTPUT {output_file} is INPUT: to add the litebird_sim layout to INPUT itself, pass --in-place instead of an OUTPUT")
     check_output_file(output_file, overwrite=overwrite)
     export_tod(input_file, output_file, conversion_factor=conversion_factor, units=units, overwrite=overwrite, **layout)
     click.echo(f"wrote {output_file}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from crab.core.errors import InputError
-from crab.cli.options import DURATION, DURATION_OR_ZERO, positive_int
+from crab.cli.options import DURATION, DURATION_OR_ZERO, SEED, positive_int
 from crab.models.registry import method_names, method_of
 
 
@@ -30,8 +30,9 @@ def _conditions(phi_gv: float | None, schedule: Path | None, cond: tuple[str, ..
         if "=" not in v:
             raise InputError(f"--cond expects NAME=VALUE, got {v!r}")
         k, _, x = v.partition("=")
+        name = cond_name(k.strip())  # an unknown condition is named as such
         try:
-            got[cond_name(k.strip())] = float(x)
+            got[name] = float(x)
         except ValueError:
             raise InputError(f"--cond {k}: {x!r} is not a number") from None
     return ConditionSchedule.constant(got)
@@ -44,7 +45,7 @@ def _conditions(phi_gv: float | None, schedule: Path | None, cond: tuple[str, ..
 @click.option("--save-template", type=click.Path(path_type=Path), help="With --fit: also save the fitted template model here (.json or folder).")
 @click.option("--duration", required=True, type=DURATION, help="Duration to generate: 3600, 2h, 10d, 3y ...")
 @click.option("--detectors", default=1, show_default=True, type=int, callback=positive_int, help="Number of detectors (keys 0..n-1).")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed: with the detector and the time, it fixes every sample.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed (unsigned 64-bit): with the detector and the time, it fixes every sample.")
 @click.option("--start", default="0", show_default=True, type=DURATION_OR_ZERO, help="Time of the first sample: the same samples as that slice of a run from 0.")
 @click.option("--out", "out", type=str, help="Output HDF5 file, or '-' to stream raw float32 to stdout.")
 @click.option("--checksum-only", is_flag=True, help="Generate and print the SHA-256 checksum only (no output; for benchmarks).")
@@ -57,10 +58,11 @@ def _conditions(phi_gv: float | None, schedule: Path | None, cond: tuple[str, ..
 @click.option("--wafer-size", type=int, callback=positive_int, help="Detectors per wafer sharing its hits (keys k // N); default: the wafer the model was fitted on; 1: every detector on its own wafer.")
 @click.option("--workers", type=int, callback=positive_int, help="Worker threads (default: CPUs available); does not change the output.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option("--allow-unfinished", is_flag=True, help="Accept the model of a training that did not finish (killed or interrupted; `crab train --resume` finishes it).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def generate(
     model_path, method, fit_path, save_template, duration, detectors, seed, start, out, checksum_only, chunk_samples, sampling_rate_hz,
-    phi_gv, phi_schedule, allow_extrapolation, cond, wafer_size, workers, overwrite, no_progress,
+    phi_gv, phi_schedule, allow_extrapolation, cond, wafer_size, workers, overwrite, allow_unfinished, no_progress,
 ):
     """Generate TOD of any length, streamed in chunks, seam-free and reproducible.
 
@@ -99,7 +101,7 @@ def generate(
             model.path = _save(model, save_template)
             click.echo(f"template model saved to {model.path}", err=True)
     elif model_path is not None:
-        model = G.load_generation_model(model_path, method=method, sampling_rate_hz=sampling_rate_hz)
+        model = G.load_generation_model(model_path, method=method, sampling_rate_hz=sampling_rate_hz, allow_unfinished=allow_unfinished)
     elif method == "template":
         raise InputError("the template method needs --fit MC.h5 (fit now) or --model TEMPLATE.json (reuse a fit)")
     else:

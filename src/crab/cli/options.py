@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from crab.core.errors import InputError
+from crab.core.rng import MAX_SEED
 from crab.core.units import parse_duration_s
 
 
@@ -24,6 +25,14 @@ class Duration(click.ParamType):
         except InputError as exc:
             self.fail(str(exc), param, ctx)
 
+
+def seed_range(offset: int = 0) -> click.IntRange:
+    """A seed option's type: an unsigned 64-bit integer (0 .. 2^64 - 1 - ``offset``), its range shown in ``--help``."""
+    return click.IntRange(0, MAX_SEED - offset)
+
+
+#: A seed: an unsigned 64-bit integer, 0 to 2^64 - 1.
+SEED = seed_range()
 
 DURATION = Duration()
 DURATION_OR_ZERO = Duration(allow_zero=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from crab.core.errors import FileFormatError, InputError
-from crab.cli.options import DURATION, DURATION_OR_ZERO, positive_float, positive_int
+from crab.cli.options import DURATION, DURATION_OR_ZERO, SEED, positive_float, positive_int
 
 
 def _load_config(path: str | None):
@@ -44,7 +44,7 @@ def _load_config(path: str | None):
 @click.option("--detectors", type=int, default=None, callback=positive_int, help="Detectors on the wafer  [default: 4]")
 @click.option("--sampling-rate", type=float, default=None, callback=positive_float, help="Output sampling rate in Hz  [default: 19]")
 @click.option("--phi", type=float, default=None, help="Solar modulation potential in GV, 0.4 (minimum) to 1.4 (maximum)  [default: 0.6]")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed (same seed, same bytes).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed, unsigned 64-bit (same seed, same bytes).")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output HDF5 TOD file.")
 @click.option("--shield-g-cm2", type=float, default=None, help="Aluminium-equivalent shield areal density in g/cm^2  [default: 2]")
 @click.option("--internal-rate", type=float, default=None, callback=positive_float, help="Integration rate in Hz (rounded to a multiple of the sampling rate)  [default: 20000]")
@@ -97,6 +97,18 @@ def simulate(duration, detectors, sampling_rate, phi, seed, out, shield_g_cm2, i
     )
 
 
+def _check_plot_dir(out: Path) -> None:
+    """InputError unless the PNG files of ``crab inspect --plot`` can be written in ``out`` (made with its parents)."""
+    from crab.core.paths import check_writable
+
+    home = out
+    while not home.exists() and home != home.parent:
+        home = home.parent
+    if not home.is_dir():
+        raise InputError(f"--plot {out}: {home} is not a folder")
+    check_writable(home)
+
+
 @click.command("inspect")
 @click.argument("file", type=click.Path(dir_okay=True))
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False), default=None, help="Write PNG plots (TOD stretch with hits, energy spectra) into this folder.")
@@ -106,9 +118,13 @@ def inspect(file, plot_dir, start, length):
     """Summarise a TOD file: duration, detectors, rate, events by kind; optionally plot it."""
     from crab.validation.inspect import format_summary, summarize_tod_file, write_inspection_plots
 
+    if plot_dir is not None:
+        _check_plot_dir(Path(plot_dir))
     summary = summarize_tod_file(file)
     if plot_dir is not None and start >= summary["duration_s"]:
         raise InputError(f"--start {start:g} s is beyond the end of the file ({summary['duration_s']:g} s)")
+    if plot_dir is not None:
+        Path(plot_dir).mkdir(parents=True, exist_ok=True)  # a folder it may not make fails here, before any output
     click.echo(format_summary(summary))
     if plot_dir is not None:
         for p in write_inspection_plots(file, plot_dir, start_s=start, length_s=length):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from crab.cli.options import nonnegative_int, positive_int
+from crab.cli.options import SEED, nonnegative_int, positive_int
 
 
 #: Epochs between the snapshots scored by --select-with (unless --snapshot-every says otherwise).
@@ -26,7 +26,7 @@ _FIELDS = {"epochs": "epochs", "seed": "seed", "threads": "num_threads", "joint_
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Model directory to write (model.pt, checkpoints, history, config.json).")
 @click.option("--config", "config", default=None, help="Configuration: a TOML file with [model] and [train] tables, or a shipped name (paper, two_event_channels, no_events, ...); the options here override it.")
 @click.option("--epochs", type=int, default=None, callback=positive_int, help="Adversarial epochs (after discriminator pretraining).  [default: 90]")
-@click.option("--seed", type=int, default=None, callback=nonnegative_int, help="Seed of every random stream.  [default: 1]")
+@click.option("--seed", type=SEED, default=None, help="Seed of every random stream, unsigned 64-bit.  [default: 1]")
 @click.option("--resume", is_flag=True, help="Continue the training stored in --out (checkpoint.pt); ends where an uninterrupted run would.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
 @click.option("--condition", "condition_on", multiple=True, help="Condition both networks on this quantity of the files (phi: the solar modulation potential; give files at several phi).")

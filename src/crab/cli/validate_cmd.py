@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from crab.cli.options import positive_float, positive_int
+from crab.cli.options import SEED, positive_float, positive_int
 from crab.core.errors import InputError
 
 
@@ -50,7 +50,7 @@ def _parse_synthetic(values: tuple[str, ...]) -> dict[str, str]:
 )
 @click.option("--training", "-t", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Monte Carlo the model was trained on (enables the memorisation test, and the classifier test against it as context: how close each set is to the sample it learned from).")
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report folder: metrics.json, report.md, PNG plots (replaced if it holds a previous report).")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the random re-splits, classifier splits and subsampling.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed (unsigned 64-bit) of the random re-splits, classifier splits and subsampling.")
 @click.option("--window-samples", default=256, show_default=True, type=int, callback=positive_int, help="Window length of the per-window features, classifier and memorisation test.")
 @click.option("--block-s", default=60.0, show_default=True, type=float, callback=positive_float, help="Length of the time blocks used for errors and re-splits (s).")
 @click.option("--threshold-sigma", default=5.0, show_default=True, type=float, callback=positive_float, help="Glitch detection threshold (robust noise sigmas).")

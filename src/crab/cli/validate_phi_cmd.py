@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from crab.cli.options import positive_float
+from crab.cli.options import SEED, positive_float
 
 
 @click.command("validate-phi")
@@ -14,11 +14,12 @@ from crab.cli.options import positive_float
 @click.option("--reference", "-r", "references", multiple=True, required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Held-out Monte Carlo file at one phi (from `crab simulate --phi`); repeat for several phi, including some the model never saw.")
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for phi.json, phi.md and phi.png.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Generation seed.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Generation seed (unsigned 64-bit).")
 @click.option("--duration-factor", default=1.0, show_default=True, type=float, callback=positive_float, help="Generated duration / reference duration.")
 @click.option("--allow-extrapolation", is_flag=True, help="Accept reference phi outside the trained range.")
+@click.option("--allow-unfinished", is_flag=True, help="Accept the model of a training that did not finish.")
 @click.option("--no-plots", is_flag=True, help="Skip phi.png.")
-def validate_phi(model_path, references, out_dir, seed, duration_factor, allow_extrapolation, no_plots):
+def validate_phi(model_path, references, out_dir, seed, duration_factor, allow_extrapolation, allow_unfinished, no_plots):
     """Glitch rate, amplitudes, coincidences and correlation against phi: model vs Monte Carlo.
 
     \b
@@ -29,7 +30,7 @@ def validate_phi(model_path, references, out_dir, seed, duration_factor, allow_e
     from crab.generation import load_generation_model
     from crab.validation import validate_phi as run
 
-    model = load_generation_model(model_path, method="gan")
+    model = load_generation_model(model_path, method="gan", allow_unfinished=allow_unfinished)
     points = run(model, list(references), out_dir, seed=seed, duration_factor=duration_factor, allow_extrapolation=allow_extrapolation, plots=not no_plots)
     for p in points:
         click.echo(

@@ -13,13 +13,13 @@ import json
 import os
 import platform
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from crab import __version__
+from crab.core.paths import clean_stale_temporaries, temporary_path
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -66,9 +66,11 @@ def run_record(config: Any, seed: int | None, **extra: Any) -> dict[str, Any]:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temporary name in the same folder, then rename to ``path``."""
+    """Write ``data`` to a temporary name in the same folder (:func:`crab.core.paths.temporary_path`), then
+    rename to ``path``; the temporaries a killed writer of ``path`` left are removed first."""
     p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    clean_stale_temporaries(p.parent if str(p.parent) else Path("."), p.name)
+    tmp = temporary_path(p)
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)

@@ -20,6 +20,8 @@ from typing import Iterable
 
 import numpy as np
 
+from crab.core.errors import InputError
+
 #: Registered stream identifiers (first element of every key).
 STREAMS: dict[str, int] = {
     "mc_primaries": 1,  # (stream, block): cosmic-ray primaries of one time block
@@ -60,10 +62,14 @@ def detector_key(name: str) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
+#: The largest seed: seeds are unsigned 64-bit integers (stored as such in every output).
+MAX_SEED = 2**64 - 1
+
+
 def check_seed(seed: int) -> int:
-    """Validate a user seed: a non-negative integer."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    """Validate a user seed: an integer from 0 to :data:`MAX_SEED` (raises :class:`InputError`, a ValueError)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise InputError(f"seed must be an integer from 0 to {MAX_SEED} (unsigned 64-bit), got {seed!r}")
     return int(seed)
 
 

@@ -81,3 +81,18 @@ def format_duration(seconds: float) -> str:
         if s >= size:
             return f"{s / size:.3g} {unit}"
     return f"{s:.3g} s"
+
+
+#: The most samples a run may address (2**53): sample indices, and times computed from them
+#: in float64, stay exact.  At 19 Hz that is about 15 million years.
+MAX_SAMPLES = 2**53
+
+
+def check_sample_span(end_sample: int, sampling_rate_hz: float, *, what: str = "the run") -> None:
+    """Raise :class:`InputError` if a run reaching sample ``end_sample`` (exclusive) is beyond :data:`MAX_SAMPLES`."""
+    if end_sample > MAX_SAMPLES:
+        fs = float(sampling_rate_hz)
+        raise InputError(
+            f"{what} reaches sample {float(end_sample):.3g} ({format_duration(end_sample / fs)} at {fs:g} Hz), "
+            f"beyond the {MAX_SAMPLES} (2^53) samples a run can address ({format_duration(MAX_SAMPLES / fs)} at {fs:g} Hz); make a shorter run"
+        )

@@ -15,7 +15,8 @@ from typing import Any, BinaryIO, Sequence
 import numpy as np
 
 from crab.core.errors import InputError
-from crab.core.paths import check_output_file
+from crab.core.paths import check_free_space, check_output_file
+from crab.core.units import check_sample_span, format_duration
 from crab.generation import mpi
 from crab.generation.engine import DEFAULT_CHUNK_SAMPLES, TodGenerator
 from crab.generation.sinks import ChecksumSink, Hdf5FileSink, RawStreamSink, Sink
@@ -69,7 +70,9 @@ def run(
 def _span(generator: TodGenerator, duration_s: float, start_s: float) -> tuple[int, int]:
     """``(start_sample, n_samples)`` of a run of ``duration_s`` from ``start_s`` (s)."""
     fs = generator.sampling_rate_hz
-    return samples_for(start_s, fs, what="start", allow_zero=True), samples_for(duration_s, fs)
+    s0, n = samples_for(start_s, fs, what="start", allow_zero=True), samples_for(duration_s, fs)
+    check_sample_span(s0 + n, fs, what=f"a run of {format_duration(duration_s)}" + (f" from {format_duration(start_s)}" if s0 else ""))
+    return s0, n
 
 
 def stream_checksum(
@@ -145,14 +148,16 @@ def generate_to_file(
     """
     from crab import __version__
     from crab.core.provenance import run_record
-    from crab.io.tod import TodMetadata
+    from crab.io.tod import TodMetadata, tod_file_bytes
 
     path = check_output_file(out, overwrite=overwrite)
     s0, n = _span(generator, duration_s, start_s)
     generator.source.check_span(s0, s0 + n)  # before any output is opened
     fs = generator.sampling_rate_hz
     seed = generator.seed
-    n_det = len(generator._rows(detectors))
+    n_det = generator.count(detectors)
+    generator.check_memory(n_det, n, chunk_samples)  # before the plan of every detector is made
+    check_free_space(path.parent, tod_file_bytes(n_det, n), what=f"{path} ({n_det} detector{'s' if n_det > 1 else ''} x {format_duration(n / fs)} at {fs:g} Hz)")
     names = list(detector_names) if detector_names is not None else generator.detector_names(detectors)
     if len(names) != n_det:
         raise InputError(f"{len(names)} detector names for {n_det} detectors")

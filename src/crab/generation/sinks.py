@@ -54,12 +54,13 @@ class Sink:
         """Generate ``[start_sample, start_sample + n_samples)`` of ``detectors`` into this sink."""
         from crab.core.progress import bar
 
-        n_det = len(generator._rows(detectors))
+        n_det = generator.count(detectors)
+        chunks = generator.iter_chunks(detectors, start_sample, n_samples, chunk_samples)  # checks the plan's memory first
         check = TodChecksum(n_det)
         with self.open(generator, detectors, start_sample, n_samples) as write:
             t0 = time.perf_counter()
             with bar(total=n_det * n_samples, desc=desc, unit="sample", disable=None if progress is None else not progress, unit_scale=True) as pb:
-                for c0, chunk in generator.iter_chunks(detectors, start_sample, n_samples, chunk_samples):
+                for c0, chunk in chunks:
                     write(c0, chunk)
                     check.update(chunk)
                     pb.update(chunk.size)

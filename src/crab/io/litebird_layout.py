@@ -243,8 +243,14 @@ def export_tod(
         out_meta.config = {**meta.config, "export": {"from_units": meta.units, "conversion_factor": factor, "source": str(src)}}
     with tod_io.TodWriter(dst, out_meta, n_samples=n_samples, overwrite=overwrite) as w:
         for start, chunk in tod_io.iter_tod_chunks(src, chunk_samples=chunk_samples):
-            if not np.all(np.isfinite(chunk)):
-                raise FileFormatError(f"{src}: NaN or infinite samples near sample {start} (for an MPI output: is its .parts folder beside it?)")
+            bad = ~np.isfinite(chunk)
+            if bad.any():
+                col = int(np.argmax(bad.any(axis=0)))  # the first bad sample in time, on its first detector
+                det = int(np.argmax(bad[:, col]))
+                raise FileFormatError(
+                    f"{src}: sample {start + int(col)} of detector {meta.detectors[int(det)]} is {chunk[det, col]} (expected finite samples; "
+                    f"{int(bad.sum())} such in samples {start}-{start + chunk.shape[1] - 1}; for an MPI output: is its .parts folder beside it?)"
+                )
             w.write(chunk if factor == 1.0 else convert(chunk, factor))
         events = tod_io.read_tod(src, n_samples=0, check_finite=False).events
         if events is not None:

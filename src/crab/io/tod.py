@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -46,8 +45,9 @@ import numpy as np
 from crab import __version__
 from crab.core.errors import FileFormatError, InputError
 from crab.core.formats import check_format, format_record
-from crab.core.paths import check_output_file
+from crab.core.paths import check_free_space, check_output_file, temporary_path
 from crab.core.provenance import to_jsonable
+from crab.core.units import check_sample_span, format_duration
 from crab.physics.events import (  # noqa: F401  (re-exported: the file layer writes what physics defines)
     _EVENT_COLUMNS,
     EVENT_KIND_DIRECT,
@@ -135,8 +135,17 @@ def write_root_attrs(f: h5py.File, meta: TodMetadata) -> None:
         f["tod"].attrs["units"] = meta.units
 
 
-def _temporary_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+#: Bytes of one ``/events`` row (time_s float64, detector int32, charge_z int16, energy_kev float64, kind uint8).
+EVENT_ROW_BYTES = 8 + 4 + 2 + 8 + 1
+#: Room for a file's attributes, run record and HDF5 structures beyond its datasets (bytes).
+FILE_OVERHEAD_BYTES = 1 << 20
+
+
+def tod_file_bytes(n_detectors: int, n_samples: int, n_events: int = 0) -> int:
+    """Size of a TOD file of ``n_detectors`` x ``n_samples`` float32 samples and ``n_events`` truth rows (bytes):
+    the data, exactly, plus :data:`FILE_OVERHEAD_BYTES` and the chunk index (one entry of 64 bytes per chunk)."""
+    data = 4 * int(n_detectors) * int(n_samples) + EVENT_ROW_BYTES * int(n_events)
+    return data + FILE_OVERHEAD_BYTES + 64 * int(n_detectors) * (int(n_samples) // 65536 + 1)
 
 
 class TodWriter:
@@ -160,6 +169,9 @@ class TodWriter:
         HDF5 compression filter (``None`` for the fastest writes, ``"gzip"``).
     overwrite : bool
         Replace an existing file at ``path``; otherwise an existing file is an error.
+    reserve_bytes : int
+        Room needed beyond ``/tod`` (e.g. the expected ``/events``): with ``n_samples``, the
+        free disk space is checked against the whole file (:func:`tod_file_bytes`) before it is created.
     """
 
     def __init__(
@@ -171,11 +183,16 @@ class TodWriter:
         chunk_samples: int = 1 << 16,
         compression: str | None = None,
         overwrite: bool = True,
+        reserve_bytes: int = 0,
     ) -> None:
         self.path = check_output_file(path, overwrite=overwrite, option="overwrite=True")
         self.meta = meta
         self.n_samples_expected = n_samples
-        self._tmp = _temporary_path(self.path)
+        if n_samples is not None:
+            check_sample_span(int(n_samples), meta.sampling_rate_hz, what=f"{self.path}")
+            size = tod_file_bytes(meta.n_detectors, n_samples) + int(reserve_bytes)
+            check_free_space(self.path.parent, size, what=f"{self.path} ({meta.n_detectors} detector{'s' if meta.n_detectors > 1 else ''} x {format_duration(n_samples / meta.sampling_rate_hz)} at {meta.sampling_rate_hz:g} Hz)")
+        self._tmp = temporary_path(self.path)
         self._closed = False
         self.n_written = 0
         self._file = h5py.File(self._tmp, "w")

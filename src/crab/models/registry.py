@@ -32,12 +32,16 @@ class MethodSpec:
         the loaded model (a :class:`crab.models.base.GenerativeModel`).
     retrain : str
         How to make a model of this method (for error messages).
+    options : tuple of str
+        Keyword options the loader takes beyond ``sampling_rate_hz`` (e.g. ``allow_unfinished``);
+        asked of a method without them, they are ignored (a template fit is never unfinished).
     """
 
     marker: str
     suffix: str
     loader: str
     retrain: str
+    options: tuple[str, ...] = ()
 
     def holds(self, path: Path) -> bool:
         """Whether ``path`` holds a stored model of this method."""
@@ -45,14 +49,15 @@ class MethodSpec:
             return (path / self.marker).exists()
         return path.is_file() and (path.name == self.marker or (bool(self.suffix) and path.suffix == self.suffix))
 
-    def load(self, path: Path, sampling_rate_hz: float | None) -> Any:
+    def load(self, path: Path, sampling_rate_hz: float | None, **options: Any) -> Any:
         module, _, func = self.loader.partition(":")
-        return getattr(importlib.import_module(module), func)(path, sampling_rate_hz=sampling_rate_hz)
+        kw = {k: v for k, v in options.items() if k in self.options}
+        return getattr(importlib.import_module(module), func)(path, sampling_rate_hz=sampling_rate_hz, **kw)
 
 
 #: Every generative method, by the ``kind`` of its models.  The first is the default.
 METHODS: dict[str, MethodSpec] = {
-    "gan": MethodSpec("model.pt", ".pt", "crab.models.gan.store:load_model", "`crab train`"),
+    "gan": MethodSpec("model.pt", ".pt", "crab.models.gan.store:load_model", "`crab train`", options=("allow_unfinished",)),
     "template": MethodSpec("template.json", ".json", "crab.models.template.model:load_template", "`crab generate --method template --fit MC.h5 --save-template ...`"),
 }
 
@@ -73,7 +78,7 @@ def is_template_path(path: str | os.PathLike) -> bool:
     return method_of(path) == "template"
 
 
-def load_generation_model(path: str | os.PathLike, *, method: str = "auto", sampling_rate_hz: float | None = None):
+def load_generation_model(path: str | os.PathLike, *, method: str = "auto", sampling_rate_hz: float | None = None, allow_unfinished: bool = False):
     """Load what to generate with: a stored model of any method in :data:`METHODS`.
 
     Parameters
@@ -85,6 +90,8 @@ def load_generation_model(path: str | os.PathLike, *, method: str = "auto", samp
         first method when nothing is recognised, so its loader says what is missing).
     sampling_rate_hz : float, optional
         Required sampling rate (Hz); another rate is a ModelCompatibilityError.
+    allow_unfinished : bool
+        Accept the model of a training that did not finish (see :func:`crab.models.gan.store.load_model`).
 
     Returns
     -------
@@ -94,7 +101,8 @@ def load_generation_model(path: str | os.PathLike, *, method: str = "auto", samp
     Raises
     ------
     ModelCompatibilityError
-        Missing, unreadable, another format version or another sampling rate.
+        Missing, unreadable, another format version, another sampling rate, or an
+        unfinished training (unless ``allow_unfinished``).
     """
     if method != "auto" and method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)} or 'auto', got {method!r}")
@@ -104,7 +112,7 @@ def load_generation_model(path: str | os.PathLike, *, method: str = "auto", samp
     name = method if method != "auto" else (method_of(p) or next(iter(METHODS)))
     spec = METHODS[name]
     try:
-        return spec.load(p, sampling_rate_hz)
+        return spec.load(p, sampling_rate_hz, allow_unfinished=allow_unfinished)
     except CrabError:
         raise
     except (ValueError, TypeError, KeyError, RuntimeError, AttributeError) as exc:

@@ -29,7 +29,8 @@ raises, the temporary folder is removed, nothing appears under the final
 names, and every rank raises :class:`DistributedError` naming the failing
 rank(s) and their exception.  (A rank killed outright, e.g. by the out-of-memory
 killer, makes the MPI runtime abort the whole job; hidden ``.tmp`` folders may
-then remain, never a file under the final name.)
+then remain, never a file under the final name: the next run that writes the same
+output removes them, :func:`crab.core.paths.clean_stale_temporaries`.)
 
 Bitwise reproducibility: with a tile function that is *slice-exact* (a
 sample's value depends only on the seed, the detector and the absolute sample

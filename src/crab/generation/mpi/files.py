@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import traceback
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -19,7 +18,7 @@ import h5py
 import numpy as np
 
 from crab.core.errors import InputError
-from crab.core.paths import check_output_file
+from crab.core.paths import check_output_file, clean_stale_temporaries, temporary_path
 from crab.core.progress import bar
 from crab.generation.mpi.launch import DistributedError
 from crab.generation.mpi.split import Tile, plan_tiles
@@ -247,7 +246,8 @@ def write_distributed(
             check_output_file(path, overwrite=overwrite, option="overwrite")
             if not overwrite and final_parts.exists():
                 raise InputError(f"output parts {final_parts} exist (use overwrite to replace them)")
-            tmp = path.with_name(f".{path.name}.parts.tmp-{uuid.uuid4().hex[:12]}")
+            clean_stale_temporaries(final_parts.parent, final_parts.name)
+            tmp = temporary_path(final_parts)
             tmp.mkdir()
             setup = (str(tmp), None)
         except Exception as exc:  # noqa: BLE001 - reported to every rank
@@ -325,7 +325,7 @@ def _assemble(
             continue
         src = h5py.VirtualSource(f"{final_parts.name}/{part_name(t.rank)}", "tod", shape=(t.n_detectors, t.n_samples), dtype=np.float32)
         layout[t.det_start : t.det_stop, t.sample_start : t.sample_stop] = src
-    tmp_file = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp_file = temporary_path(path)
     trash: Path | None = None
     try:
         with h5py.File(tmp_file, "w") as f:
@@ -343,7 +343,7 @@ def _assemble(
             with h5py.File(tmp_file, "r+") as f:
                 f["tod"].attrs[CHECKSUM_ATTR] = digest
         if final_parts.exists():
-            trash = final_parts.with_name(f".{final_parts.name}.old-{uuid.uuid4().hex[:8]}")
+            trash = temporary_path(final_parts)
             final_parts.rename(trash)
         tmp_parts.rename(final_parts)
         os.replace(tmp_file, path)
@@ -381,7 +381,7 @@ def consolidate_file(path: str | os.PathLike, *, chunk_samples: int = 1 << 16) -
     time (bounded memory); any extra datasets (litebird_sim layout) are copied too.
     """
     p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = temporary_path(p)
     try:
         with h5py.File(p, "r") as src, h5py.File(tmp, "w") as dst:
             ds = src["tod"]

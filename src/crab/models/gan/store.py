@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,50 @@ MODEL_FORMAT = "crab-model"
 #: Bumped when model.pt changes incompatibly; loading another version is an error.
 MODEL_FORMAT_VERSION = 1
 MODEL_FILE = "model.pt"
+#: Folder of a model directory that holds the snapshots of a training (``TrainConfig.snapshot_every``).
+SNAPSHOT_DIR = "snapshots"
+#: The training's record beside ``model.pt``: ``{"finished", "epoch", "epochs"}``, rewritten by
+#: training at its start, after every epoch and at its end (``finished`` true only then).
+TRAINING_STATE_FILE = "training_state.json"
+#: Key of ``model.pt``'s ``extra`` set by training: whether the model was finished is in the
+#: training's :data:`TRAINING_STATE_FILE` (a model saved otherwise is complete as it is).
+TRAINING_RECORD_KEY = "training_record"
+
+
+def write_training_state(model_dir: str | os.PathLike, *, finished: bool, epoch: int, epochs: int) -> Path:
+    """Write the training's :data:`TRAINING_STATE_FILE` in ``model_dir`` (atomically)."""
+    body = {"finished": bool(finished), "epoch": int(epoch), "epochs": int(epochs)}
+    return atomic_write_bytes(Path(model_dir) / TRAINING_STATE_FILE, (json.dumps(body, indent=1) + "\n").encode())
+
+
+def training_state(model_file: str | os.PathLike) -> dict[str, Any] | None:
+    """The :data:`TRAINING_STATE_FILE` of the training that wrote ``model_file``: beside it, or for a
+    snapshot (``DIR/snapshots/epoch_NNNN/model.pt``) in ``DIR``; None when there is none."""
+    f = Path(model_file)
+    homes = [f.parent] + ([f.parent.parent.parent] if f.parent.parent.name == SNAPSHOT_DIR else [])
+    for home in homes:
+        try:
+            state = json.loads((home / TRAINING_STATE_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(state, dict):
+            return state
+    return None
+
+
+def check_finished(model_file: Path, extra: dict[str, Any]) -> None:
+    """ModelCompatibilityError if ``model_file`` (with its ``extra``) comes from a training that did not finish."""
+    if not extra.get(TRAINING_RECORD_KEY):
+        return  # not written by a training loop (or written before this record existed): complete as it is
+    state = training_state(model_file) or {}
+    if state.get("finished"):
+        return
+    held = f"epoch {extra.get('epoch')}" if extra.get("epoch") is not None else "an early epoch"
+    where = f" (it stopped after epoch {state['epoch']} of {state['epochs']})" if "epoch" in state and "epochs" in state else ""
+    raise ModelCompatibilityError(
+        f"{model_file} holds {held} of a training that did not finish{where}; finish it with `crab train --resume "
+        f"--out {model_file.parent} --data ...`, or pass --allow-unfinished to use it as it is"
+    )
 
 
 @dataclass
@@ -166,6 +211,7 @@ def load_model(
     *,
     sampling_rate_hz: float | None = None,
     window_samples: int | None = None,
+    allow_unfinished: bool = False,
 ) -> TrainedModel:
     """Load a model directory (or its ``model.pt``) for generation.
 
@@ -177,12 +223,16 @@ def load_model(
         If given, the model must have been trained at this rate (Hz).
     window_samples : int, optional
         If given, the model must have been trained with this window length.
+    allow_unfinished : bool
+        Accept the model of a training that did not finish (killed, interrupted):
+        otherwise an error that says which epoch it holds (:func:`check_finished`).
 
     Raises
     ------
     ModelCompatibilityError
-        Missing directory/file, not a CRAB model, another format version, or a
-        sampling rate / window length different from the one asked.
+        Missing directory/file, not a CRAB model, another format version, a
+        sampling rate / window length different from the one asked, or an
+        unfinished training (unless ``allow_unfinished``).
     """
     p = Path(path)
     if not p.exists():
@@ -200,6 +250,8 @@ def load_model(
         raise ModelCompatibilityError(f"{f}: model trained for {rate:g} Hz, but {sampling_rate_hz:g} Hz was asked; train a model at that rate")
     if window_samples is not None and int(d["window_samples"]) != int(window_samples):
         raise ModelCompatibilityError(f"{f}: model trained with windows of {d['window_samples']} samples, but {window_samples} were asked")
+    if not allow_unfinished:
+        check_finished(f, dict(d.get("extra") or {}))
     try:
         cfg = ModelConfig.from_dict(d["model_config"], str(f))
         gen = Generator(cfg)

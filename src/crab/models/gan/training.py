@@ -34,7 +34,6 @@ import copy
 import dataclasses
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ import torch
 from crab import __version__
 from crab.core import interrupt
 from crab.core.errors import InputError
+from crab.core.paths import check_writable, is_stale_temporary, remove_contents, replaceable_contents
 from crab.core.progress import bar
 from crab.core.provenance import atomic_write_bytes, run_record, write_json
 from crab.models.glitch_layer.direct_population import fit_direct_hits
@@ -71,7 +71,7 @@ from crab.models.gan.history import History
 from crab.models.gan.losses import d_losses, d_stats, feature_matching_loss, g_loss_fn, gradient_penalty
 from crab.models.gan.network import Discriminator, Generator, normalize_cond
 from crab.models.gan.quality import quality_floor, sample_quality
-from crab.models.gan.store import save_model
+from crab.models.gan.store import MODEL_FILE, SNAPSHOT_DIR, TRAINING_RECORD_KEY, TRAINING_STATE_FILE, save_model, write_training_state
 from crab.models.gan.transform import AmplitudeTransform
 from crab.physics.noise import NoiseParams
 
@@ -80,8 +80,14 @@ __all__ = ["TrainConfig", "TrainResult", "checkpoint_train_config", "load_checkp
 #: history.png is redrawn at most this often (s), and after the last epoch.
 PLOT_INTERVAL_S = 20.0
 
-#: Folder of the model directory that holds the snapshots (``TrainConfig.snapshot_every``).
-SNAPSHOT_DIR = "snapshots"
+#: What a model directory holds, all written by training (and ``crab train --select-with``: ``selection.json``,
+#: its ``.model.pt.selecting``): patterns for :func:`crab.core.paths.replaceable_contents`, what
+#: ``--overwrite`` may remove.  Its run record is ``config.json``.
+MODEL_DIR_FILES = (
+    "config.json", CHECKPOINT_FILE, BEST_FILE, MODEL_FILE, TRAINING_STATE_FILE, "history.csv", "history.json", "history.png",
+    "selection.json", ".model.pt.selecting", f"{SNAPSHOT_DIR}/epoch_*/{MODEL_FILE}",
+)
+MODEL_DIR_RECORD = "config.json"
 
 #: Shared (wafer) latent channels of a joint-detector generator (``TrainConfig.joint_detectors``).
 JOINT_SHARED_LATENT_DIM = 8
@@ -106,12 +112,6 @@ def output_bounds(data: TrainingData, margin: float) -> tuple[float, float]:
     lo = min(float(np.min(s)) for s in data.train)
     hi = max(float(np.max(s)) for s in data.train)
     return (lo - float(margin), hi + float(margin))
-
-
-def _optimizer(kind: str, params, lr: float, momentum: float, betas) -> torch.optim.Optimizer:
-    if kind == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum)
-    return torch.optim.Adam(params, lr=lr, betas=tuple(betas))
 
 
 def _optimizer(kind: str, params, lr: float, momentum: float, betas) -> torch.optim.Optimizer:
@@ -162,14 +162,48 @@ def model_config_for_data(model_config: ModelConfig, cfg: TrainConfig, data: Tra
     return dataclasses.replace(model_config, **derived)
 
 
-def _prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
+def _prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> list[Path]:
+    """Check ``out`` before any work; return what ``overwrite`` will remove (only what training wrote there)."""
     if resume:
-        return
+        return []
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(not is_stale_temporary(e.name) for e in out.iterdir()):
         if not overwrite:
             raise InputError(f"model folder {out} exists and is not empty; use --resume to continue its training or --overwrite to replace it")
+        return replaceable_contents(out, MODEL_DIR_FILES, marker=MODEL_DIR_RECORD, what="model folder", option="--overwrite")
+    home = out
+    while not home.exists() and home != home.parent:
+        home = home.parent
+    if not home.is_dir():
+        raise InputError(f"--out {out}: {home} is not a folder")
+    check_writable(home)
+    return []
+
+
+def _check_variance(sources: Sequence[TodSource]) -> None:
+    """InputError naming the first detector whose TOD is constant: nothing to learn (and no noise to fit)."""
+    for s in sources:
+        for i, row in enumerate(s.tod):
+            if row.size and not np.ptp(row) > 0:
+                name = s.detectors[i] if i < len(s.detectors) else str(i)
+                raise InputError(
+                    f"{s.path}: detector {name} has no variance (all {row.size} samples are {float(row[0]):g}); "
+                    "training needs TOD with noise and glitches, e.g. from `crab simulate`"
+                )
+
+
+def _discard(out: Path, created: bool) -> None:
+    """After a failure before the first checkpoint: remove what training wrote in ``out`` (and ``out`` if it made it)."""
+    try:
+        remove_contents(replaceable_contents(out, MODEL_DIR_FILES, marker=MODEL_DIR_RECORD, what="model folder", option="cleaning up"))
+    except (InputError, OSError):
+        return  # something else is there now: leave it all
+    if created:
+        try:
+            out.rmdir()
+        except OSError:
+            pass
 
 
 def train(
@@ -222,46 +256,51 @@ def train(
         raise InputError("no training data given (pass at least one --data FILE)")
     if len({round(s.sampling_rate_hz, 9) for s in sources}) > 1:
         raise InputError("training data have different sampling rates: " + ", ".join(f"{s.path.name}: {s.sampling_rate_hz:g} Hz" for s in sources))
+    _check_variance(sources)
     ck = load_checkpoint(out) if resume else None
     cfg = train_config or (checkpoint_config(ck, str(out / CHECKPOINT_FILE)) if ck else TrainConfig())
     if model_config is None:
         model_config = ModelConfig.from_dict(ck["model_config"], str(out / CHECKPOINT_FILE)) if ck else ModelConfig()
     n_ch = int(sources[0].tod.shape[0]) if cfg.joint_detectors else 1
     _check_model_config(model_config, cfg, n_ch)
-    _prepare_out_dir(out, resume, overwrite)
-    layer, sources, layer_note = _wafer_layer(cfg, sources, progress)
-    direct = None
-    if cfg.fit_pulses and ck is None and model_config.has_additive_glitches:
-        direct = fit_direct_hits(sources, kernel=model_config.event_kernel, n_bands=model_config.event_channels, n_basis=3 if model_config.event_subsample else 1)
-    data_ = prepare_training_data(
-        sources,
-        window_samples=cfg.window_samples,
-        val_fraction=cfg.val_fraction,
-        highpass_hz=cfg.highpass_hz,
-        channels=n_ch,
-        transform_noise_multiple=cfg.transform_noise_multiple,
-        transform=AmplitudeTransform.from_dict(ck["transform"]) if ck else None,
-        noise_params=NoiseParams(**ck["noise_params"]) if ck else None,
-        cond_names=cfg.condition_on,
-        highpass_clip_sigma=cfg.highpass_clip_sigma,
-    )
-    mcfg = model_config_for_data(model_config, cfg, data_, n_ch)
-    if ck is not None:
-        check_resume(ck, cfg, mcfg, sources, out / CHECKPOINT_FILE)
+    replaced = _prepare_out_dir(out, resume, overwrite)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails here, before any work
+    try:
+        layer, sources, layer_note = _wafer_layer(cfg, sources, progress)
+        direct = None
+        if cfg.fit_pulses and ck is None and model_config.has_additive_glitches:
+            direct = fit_direct_hits(sources, kernel=model_config.event_kernel, n_bands=model_config.event_channels, n_basis=3 if model_config.event_subsample else 1)
+        data_ = prepare_training_data(
+            sources,
+            window_samples=cfg.window_samples,
+            val_fraction=cfg.val_fraction,
+            highpass_hz=cfg.highpass_hz,
+            channels=n_ch,
+            transform_noise_multiple=cfg.transform_noise_multiple,
+            transform=AmplitudeTransform.from_dict(ck["transform"]) if ck else None,
+            noise_params=NoiseParams(**ck["noise_params"]) if ck else None,
+            cond_names=cfg.condition_on,
+            highpass_clip_sigma=cfg.highpass_clip_sigma,
+        )
+        mcfg = model_config_for_data(model_config, cfg, data_, n_ch)
+        if ck is not None:
+            check_resume(ck, cfg, mcfg, sources, out / CHECKPOINT_FILE)
+    except BaseException:
+        if created:
+            _discard(out, created)
+        raise
     old_threads = torch.get_num_threads()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
 
-    created = not out.exists()
-    if not resume and out.exists() and overwrite:
-        shutil.rmtree(out)
-        created = True
-    out.mkdir(parents=True, exist_ok=True)
+    if replaced:
+        remove_contents(replaced)  # only what an earlier training wrote (checked by _prepare_out_dir)
     try:
         return _run(cfg, mcfg, data_, sources, out, ck, progress, t_start, layer, layer_note, direct)
     except BaseException:
-        if created and not (out / CHECKPOINT_FILE).exists():
-            shutil.rmtree(out, ignore_errors=True)
+        if not resume and not (out / CHECKPOINT_FILE).exists():
+            _discard(out, created)
         raise
     finally:
         torch.set_num_threads(old_threads)
@@ -331,7 +370,8 @@ def _run(cfg: TrainConfig, mcfg: ModelConfig, data: TrainingData, sources, out: 
     record = run_record(cfg, cfg.seed, model_config=mcfg.to_dict(), data_files=data.files, detectors=data.detectors, sampling_rate_hz=data.sampling_rate_hz, units=data.units,
                         transform=tf.to_dict(), noise_params=data.noise_params.to_dict(), noise_sigma=data.noise_sigma, highpass_hz=data.highpass_hz, quality_floor=floor,
                         resumed_from_epoch=start_epoch if ck is not None else None)
-    write_json(out / "config.json", record)
+    write_json(out / MODEL_DIR_RECORD, record)
+    write_training_state(out, finished=False, epoch=start_epoch, epochs=cfg.total_epochs)
 
     def checkpoint(epoch: int) -> dict[str, Any]:
         return {
@@ -440,11 +480,12 @@ def _run(cfg: TrainConfig, mcfg: ModelConfig, data: TrainingData, sources, out: 
                            detectors_trained=data.detectors, epoch=epoch, quality=quality, quality_floor=floor, noise_sigma=data.noise_sigma,
                            cond_names=data.cond_names, cond_range=data.cond_range,
                            wafer_layer=None if layer is None else layer.to_dict(), wafer_layer_note=layer_note, initial_pulses=pulses,
-                           train_config={k: norm_value(v) for k, v in cfg.to_dict().items()})
+                           train_config={k: norm_value(v) for k, v in cfg.to_dict().items()}, **{TRAINING_RECORD_KEY: TRAINING_STATE_FILE})
         if is_best:
             best_quality, best_epoch = quality, epoch
             atomic_write_bytes(out / BEST_FILE, to_bytes(checkpoint(epoch)))
         atomic_write_bytes(out / CHECKPOINT_FILE, to_bytes(checkpoint(epoch)))
+        write_training_state(out, finished=False, epoch=epoch, epochs=cfg.total_epochs)
         final = epoch == cfg.total_epochs
         plot = final or time.time() - last_plot >= PLOT_INTERVAL_S
         history.save(out, plot=plot)
@@ -454,5 +495,6 @@ def _run(cfg: TrainConfig, mcfg: ModelConfig, data: TrainingData, sources, out: 
     pbar.close()
     if not (out / "history.png").exists():
         history.save(out)
+    write_training_state(out, finished=True, epoch=cfg.total_epochs, epochs=cfg.total_epochs)
     return TrainResult(out_dir=out, epochs_done=cfg.total_epochs, best_epoch=best_epoch, best_quality=best_quality if math.isfinite(best_quality) else None,
                        quality_floor=floor, history=history, seconds=time.time() - t_start, data=data)
