@@ -228,7 +228,7 @@ def test_mpiexec_failure_keeps_previous_output(tmp_path):
 def write_template_model(path: Path) -> Path:
     """A small template model (the TOAST-like baseline of crab.models.template), written as JSON."""
     from crab.models.template import GlitchPopulation, TemplateModel, save_template
-    from crab.models.template.shapes import QUANTILE_P
+    from crab.models.glitch_layer.shapes import QUANTILE_P
 
     q = len(QUANTILE_P)
     model = TemplateModel(

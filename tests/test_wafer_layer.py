@@ -111,6 +111,7 @@ def test_wafer_signal_is_keyed_on_wafer_and_block(wafer_mc):
     assert not np.array_equal(a.signal(2, 3), a.signal(1, 3))
     # tiles join into one rendering of all hits
     evs = [a.events(2, blk) for blk in range(6)]
+    assert np.isnan(evs[0][2]).all()  # a linear population: energies, no decay times
     ref = render_response(0, 6 * 512, np.concatenate([e[0] for e in evs]), np.concatenate([e[1] for e in evs]),
                           layer.population.response_tau_s, layer.population.response_pw_per_kev, FS, delay_s=layer.population.delay_s)
     np.testing.assert_allclose(whole, ref, rtol=0, atol=1e-6 * np.abs(ref).max())  # tails dropped below 1e-7 of a hit
@@ -234,3 +235,28 @@ def test_cli_wafer_size_groups_detectors(gan_with_layer, tmp_path):
         main(["generate", "--model", str(tmp_path / "m"), "--duration", "100", "--detectors", "4", "--wafer-size", "2", "--seed", "3", "--out", str(tmp_path / "x.h5"), "--no-progress"])
     assert e.value.code == 0
     assert read_tod(tmp_path / "x.h5").meta.detectors == ["W00_D000", "W00_D001", "W01_D000", "W01_D001"]
+
+
+# --------------------------------------------------------------------------- training
+def test_training_fits_the_layer_with_truth_and_goes_without(wafer_mc, tmp_path):
+    """A file with a truth table gets the wafer layer (and the network sees the TOD without it);
+    one detector and no truth table (a user's own TOD) trains and generates without one."""
+    from test_training import SMALL_MODEL, TINY
+
+    from crab.generation import TodGenerator
+    from crab.models.gan.config import TrainConfig
+    from crab.models.gan.store import load_model
+    from crab.models.gan.training import train
+
+    tod, ev, _, _ = wafer_mc
+    n = 19 * 240
+    with_truth = TodSource(tod=tod[:, :n], sampling_rate_hz=FS, detectors=["a", "b", "c"], path=tmp_path / "mc.h5", events=ev.select(ev.time_s < n / FS))
+    res = train([with_truth], tmp_path / "m1", TrainConfig(**TINY), SMALL_MODEL, progress=False)
+    layer = load_model(tmp_path / "m1").wafer_layer
+    assert layer is not None and layer.n_detectors == 3 and layer.population.rate_hz == pytest.approx(12.0, rel=0.15)
+    assert abs(_pair_correlation(np.concatenate([s for s in res.data.train], axis=0))) < 0.05  # what the network learns
+    own = TodSource(tod=tod[:1, :n], sampling_rate_hz=FS, detectors=["mine"], path=tmp_path / "own.npz")
+    train([own], tmp_path / "m2", TrainConfig(**TINY), SMALL_MODEL, progress=False)
+    m2 = load_model(tmp_path / "m2")
+    assert m2.wafer_layer is None and "no truth table" in m2.extra["wafer_layer_note"]
+    assert TodGenerator(m2, 1, n_workers=1).generate(5, 0, 2000).shape == (5, 2000)

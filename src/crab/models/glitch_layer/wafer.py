@@ -31,7 +31,7 @@ import numpy as np
 from crab.core import rng
 from crab.core.errors import InputError
 from crab.models.glitch_layer.population import GlitchPopulation
-from crab.models.glitch_layer.shapes import lookback_samples, render_response
+from crab.models.glitch_layer.shapes import lookback_samples, render_events, render_response
 
 
 @dataclass
@@ -138,7 +138,8 @@ class WaferSignal:
     Parameters
     ----------
     population : GlitchPopulation
-        The wafer population (linear response).
+        The wafer population: a linear response driven by energies (fitted layers), or
+        independent templates (older template models).
     sampling_rate_hz : float
     seed : int
     stream : str
@@ -165,15 +166,19 @@ class WaferSignal:
         self._events_size = 4 * (n_wafers + 1) * (self.n_back + 1)
         self._signal_size = 4 + 2 * n_wafers
 
-    def events(self, wafer: int, block: int) -> tuple[np.ndarray, np.ndarray]:
-        """Hits of block ``block`` of wafer ``wafer``: (times in samples, energies in keV)."""
+    def events(self, wafer: int, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Hits of block ``block`` of wafer ``wafer``: (times in samples, energies in keV or, for a
+        population of independent templates, peak heights, decay times in s or NaN)."""
         hit = self._events.get((wafer, block))
         if hit is None:
             B, pop = self.tile_samples, self.population
             g = rng.generator(self.seed, self.stream, self.key_offset + wafer, block)
             n = int(g.poisson(pop.rate_hz * B / self.fs))
             t = block * B + g.random(n) * B
-            hit = (t, pop.sample_energy(g.random(n)))
+            if pop.linear:
+                hit = (t, pop.sample_energy(g.random(n)), np.full(n, np.nan))
+            else:
+                hit = (t, *pop.sample(g.random(n), g.random(n)))
             with self._lock:
                 self._events[(wafer, block)] = hit
                 while len(self._events) > self._events_size:
@@ -188,10 +193,12 @@ class WaferSignal:
         hit = self._signal.get((wafer, t))
         if hit is None:
             evs = [self.events(wafer, b) for b in range(max(0, t - self.n_back), t + 1)]
-            ts = np.concatenate([e[0] for e in evs])
-            en = np.concatenate([e[1] for e in evs])
+            ts, c2, tau = (np.concatenate([e[i] for e in evs]) for i in range(3))
             pop = self.population
-            hit = render_response(t * B, B, ts, en, pop.response_tau_s, pop.response_pw_per_kev, self.fs, delay_s=pop.delay_s)
+            if pop.linear:
+                hit = render_response(t * B, B, ts, c2, pop.response_tau_s, pop.response_pw_per_kev, self.fs, delay_s=pop.delay_s)
+            else:
+                hit = render_events(t * B, B, ts, c2, tau, self.fs, rise_s=pop.rise_s, delay_s=pop.delay_s)
             with self._lock:
                 self._signal[(wafer, t)] = hit
                 while len(self._signal) > self._signal_size:

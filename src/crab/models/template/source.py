@@ -66,8 +66,8 @@ class TemplateSource(TileSource):
         direct = self._events(key, block)
         if self.model.wafer.rate_hz <= 0:
             return direct
-        t, energy = self.wafer.events(self.grouping.of(key)[0], block)
-        wafer = {"t": t, "c2": energy, "tau_s": np.full(t.size, np.nan), "wafer": np.ones(t.size, bool)}
+        t, c2, tau = self.wafer.events(self.grouping.of(key)[0], block)
+        wafer = {"t": t, "c2": c2, "tau_s": tau, "wafer": np.ones(t.size, bool)}
         return {k: np.concatenate([direct[k], wafer[k]]) for k in direct}
 
     def _events(self, key: int, block: int) -> dict[str, np.ndarray]:
