@@ -456,3 +456,17 @@ def test_file_size_is_computed(tmp_path):
     p = write_tod(tmp_path / "x.h5", tod, TodMetadata(sampling_rate_hz=19.0, detectors=default_detector_names(3)))
     size = p.stat().st_size
     assert 3 * 50000 * 4 <= size <= tod_file_bytes(3, 50000)
+
+
+def test_validate_keeps_a_report_folder_that_holds_a_users_file(tmp_path):
+    """A report folder is replaced only when it holds nothing but a report (metrics.json, report.md, PNGs)."""
+    from crab.cli import main
+
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    (out / "my_notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as e:
+        main(["validate", "-r", str(tmp_path / "ref.h5"), "-s", str(tmp_path / "syn.h5"), "-o", str(out)])
+    assert e.value.code == 2
+    assert (out / "my_notes.txt").read_text() == "mine" and (out / "metrics.json").exists()

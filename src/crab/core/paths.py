@@ -173,13 +173,15 @@ def check_writable(folder: str | os.PathLike) -> Path:
     return d
 
 
-def check_output_dir(path: str | os.PathLike, *, overwrite: bool, marker: str) -> Path:
+def check_output_dir(path: str | os.PathLike, *, overwrite: bool, marker: str, owned: Sequence[str] | None = None) -> Path:
     """Check that a folder of outputs may be written (or replaced) at ``path``; return it as a :class:`Path`.
 
     An empty or missing folder is accepted.  A non-empty one is accepted only
     if ``overwrite`` is true and it holds ``marker``, a file whose presence
     says that CRAB wrote the folder (e.g. ``metrics.json`` of a validation
-    report): a folder of other files is never replaced.  Raises
+    report): a folder of other files is never replaced; with ``owned`` (file-name
+    patterns of what CRAB writes there), neither is one that also holds a file
+    matching none of them (a user's file put inside a report folder).  Raises
     :class:`InputError` otherwise, if ``path`` is a file, or if the folder
     that will hold it does not exist or cannot be written.
     """
@@ -192,6 +194,9 @@ def check_output_dir(path: str | os.PathLike, *, overwrite: bool, marker: str) -
             raise InputError(f"output folder {out} exists (pass overwrite to replace it)")
         if contents and not (out / marker).exists():
             raise InputError(f"output folder {out} exists and does not hold {marker} (a previous CRAB output); refusing to replace it")
+        foreign = sorted(e.name for e in contents if owned is not None and not _matches(e.name, owned))
+        if foreign:
+            raise InputError(f"output folder {out} holds files CRAB did not write ({', '.join(foreign[:3])}); refusing to replace it: move them or choose another folder")
     if not out.parent.exists():
         raise InputError(f"parent folder of {out} does not exist")
     if not out.parent.is_dir():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from pathlib import Path
 
+from crab.core.paths import temporary_path
 from crab.core.provenance import run_record, write_json
 from crab.validation import plots as plotting
 from crab.validation import report
@@ -14,11 +14,13 @@ from crab.validation.results import ValidationResult
 
 #: The file whose presence says that a folder holds a validation report (and may be replaced).
 REPORT_MARKER = "metrics.json"
+#: What a report folder holds (a folder with anything else is not replaced).
+REPORT_FILES = (REPORT_MARKER, "report.md", "*.png")
 
 
 def write_outputs(result: ValidationResult, out: Path, plots: bool = True) -> Path:
     """Write metrics.json, report.md and plots into ``out`` atomically (temporary folder, then rename)."""
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = temporary_path(out)
     tmp.mkdir()
     try:
         figs = plotting.write_plots(result, tmp) if plots else []
@@ -28,7 +30,7 @@ def write_outputs(result: ValidationResult, out: Path, plots: bool = True) -> Pa
         report.write_markdown(result, tmp / "report.md", figures=figs)
         old = None
         if out.exists():
-            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+            old = temporary_path(out)
             os.replace(out, old)
         os.replace(tmp, out)
         if old is not None:

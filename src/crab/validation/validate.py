@@ -74,7 +74,7 @@ from crab.io.tod import TodFile
 from crab.validation.config import ValidationConfig
 from crab.validation.inputs import load_inputs
 from crab.validation.multi_reference import n_steps, validate_references
-from crab.validation.outputs import REPORT_MARKER, write_outputs
+from crab.validation.outputs import REPORT_FILES, REPORT_MARKER, write_outputs
 from crab.validation.results import (
     SINGLE_REFERENCE_WARNING,
     SetResult,
@@ -148,7 +148,7 @@ def validate(
     t0 = time.time()
     cfg = config
     if out_dir is not None:
-        check_output_dir(out_dir, overwrite=overwrite, marker=REPORT_MARKER)
+        check_output_dir(out_dir, overwrite=overwrite, marker=REPORT_MARKER, owned=REPORT_FILES)
     refs, syns, train = load_inputs(reference, synthetics, training, cfg)
     warns: list[str] = []
     with bar(total=n_steps(len(refs), len(syns), train is not None), desc="validate", unit="step") as pb:
