@@ -99,14 +99,9 @@ def simulate(duration, detectors, sampling_rate, phi, seed, out, shield_g_cm2, i
 
 def _check_plot_dir(out: Path) -> None:
     """InputError unless the PNG files of ``crab inspect --plot`` can be written in ``out`` (made with its parents)."""
-    from crab.core.paths import check_writable
+    from crab.core.paths import check_creatable_folder
 
-    home = out
-    while not home.exists() and home != home.parent:
-        home = home.parent
-    if not home.is_dir():
-        raise InputError(f"--plot {out}: {home} is not a folder")
-    check_writable(home)
+    check_creatable_folder(out, option="--plot")
 
 
 @click.command("inspect")

@@ -173,6 +173,19 @@ def check_writable(folder: str | os.PathLike) -> Path:
     return d
 
 
+def check_creatable_folder(path: str | os.PathLike, *, option: str) -> Path:
+    """InputError unless the folder ``path`` (made with its parents if missing) can be written:
+    its nearest existing ancestor must be a writable folder.  ``option`` names it in the message."""
+    out = Path(path)
+    home = out
+    while not home.exists() and home != home.parent:
+        home = home.parent
+    if not home.is_dir():
+        raise InputError(f"{option} {out}: {home} is not a folder")
+    check_writable(home)
+    return out
+
+
 def check_output_dir(path: str | os.PathLike, *, overwrite: bool, marker: str, owned: Sequence[str] | None = None) -> Path:
     """Check that a folder of outputs may be written (or replaced) at ``path``; return it as a :class:`Path`.
 

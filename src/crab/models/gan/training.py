@@ -46,7 +46,7 @@ import torch
 from crab import __version__
 from crab.core import interrupt
 from crab.core.errors import InputError
-from crab.core.paths import check_writable, is_stale_temporary, remove_contents, replaceable_contents
+from crab.core.paths import check_creatable_folder, is_stale_temporary, remove_contents, replaceable_contents
 from crab.core.progress import bar
 from crab.core.provenance import atomic_write_bytes, run_record, write_json
 from crab.models.glitch_layer.direct_population import fit_direct_hits
@@ -172,12 +172,7 @@ def _prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> list[Path]:
         if not overwrite:
             raise InputError(f"model folder {out} exists and is not empty; use --resume to continue its training or --overwrite to replace it")
         return replaceable_contents(out, MODEL_DIR_FILES, marker=MODEL_DIR_RECORD, what="model folder", option="--overwrite")
-    home = out
-    while not home.exists() and home != home.parent:
-        home = home.parent
-    if not home.is_dir():
-        raise InputError(f"--out {out}: {home} is not a folder")
-    check_writable(home)
+    check_creatable_folder(out, option="--out")
     return []
 
 
