@@ -94,7 +94,7 @@ def test_glitches_straddling_blocks_continue_exactly(model):
     parts = np.concatenate([src.glitches(0, t) for t in range(n_blocks)])
     ev = [src.events(0, b) for b in range(n_blocks)]
     cat = {k: np.concatenate([e[k] for e in ev]) for k in ev[0]}
-    whole = sum(src.render(pop, 0, n_blocks * 256, {k: v[cat["wafer"] == is_w] for k, v in cat.items()}) for pop, is_w in ((model.direct, False), (model.wafer, True)))
+    whole = sum(pop.render(0, n_blocks * 256, *(cat[k][cat["wafer"] == is_w] for k in ("t", "c2", "tau_s")), FS) for pop, is_w in ((model.direct, False), (model.wafer, True)))
     np.testing.assert_allclose(parts, whole, rtol=0, atol=1e-6 * np.abs(whole).max())
     # at least one event really straddles a block boundary
     i0 = np.ceil(cat["t"]).astype(int)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -99,9 +98,7 @@ def select_snapshot(
             log(f"snapshot epoch {epoch}: classifier AUC {clf.auc:.3f} against the selection MC")
     best = min(scores, key=lambda s: s["auc"])
     if Path(best["path"]) != Path(model_dir):
-        tmp = Path(model_dir) / ".model.pt.selecting"
-        shutil.copyfile(Path(best["path"]) / "model.pt", tmp)
-        os.replace(tmp, Path(model_dir) / "model.pt")
+        atomic_write_bytes(Path(model_dir) / "model.pt", (Path(best["path"]) / "model.pt").read_bytes())
     out = {"selection_file": str(selection), "seed": int(seed), "duration_s": n / fs, "scores": scores, "chosen_epoch": best["epoch"], "chosen_auc": best["auc"]}
     atomic_write_bytes(Path(model_dir) / SELECTION_FILE, (json.dumps(out, indent=2) + "\n").encode())
     return out

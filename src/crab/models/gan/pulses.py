@@ -55,7 +55,7 @@ def pareto_law(amplitude: np.ndarray) -> tuple[float, float]:
     return x_med, alpha
 
 
-def init_additive_glitches(module, fit: DirectFit, *, scale: float, sampling_rate_hz: float, events_per_s: float) -> dict:
+def init_additive_glitches(module, fit: DirectFit, *, scale: float, sampling_rate_hz: float) -> dict:
     """Set the pulses and amplitude law of ``module`` (an ``AdditiveGlitches``) from ``fit``.
 
     Parameters
@@ -65,8 +65,6 @@ def init_additive_glitches(module, fit: DirectFit, *, scale: float, sampling_rat
     scale : float
         The amplitude transform's linear scale (TOD units): the unit of the module's amplitudes.
     sampling_rate_hz : float
-    events_per_s : float
-        Rate of the fitted events per detector (Hz).
 
     Returns
     -------
@@ -87,7 +85,7 @@ def init_additive_glitches(module, fit: DirectFit, *, scale: float, sampling_rat
     alpha = float(np.clip(alpha, 0.3, 5.0))
     # events per second above x_med: n channels x P(|z| > t) x fs x (x_med / a)^-alpha = events_per_s / 2
     p_event = math.erfc(module.threshold / math.sqrt(2.0))
-    ratio = max(0.5 * events_per_s / (n * p_event * sampling_rate_hz), 1e-12)
+    ratio = max(0.5 * fit.events_per_s / (n * p_event * sampling_rate_hz), 1e-12)
     a0 = (x_med / scale) * ratio ** (1.0 / alpha)
     with torch.no_grad():
         module.conv.weight.copy_(torch.from_numpy(w))

@@ -119,8 +119,7 @@ class GanSource(TileSource):
             raise InputError("a wafer layer needs a one-detector generator (not a joint-detector model)")
         self.grouping = grouping or WaferGrouping(self.layer.n_detectors if self.layer else 1)
         self.wafer: WaferSignal | None = None
-        if self.layer is not None:
-            self.wafer = WaferSignal(self.layer.population, self.sampling_rate_hz, self.seed, "gan_wafer", self.tile_samples)
+        self._prepare_wafer(1)
         if backend not in ("auto", "fast", "module"):
             raise InputError(f"backend must be 'auto', 'fast' or 'module', got {backend!r}")
         if backend != "module":
@@ -163,9 +162,13 @@ class GanSource(TileSource):
         if float(np.max(np.abs(a - b))) > 1e-4 * scale:
             raise NotCompilable(f"self-check mismatch ({float(np.max(np.abs(a - b))) / scale:.2e} relative)")
 
-    def prepare(self, n_keys: int) -> None:
+    def _prepare_wafer(self, n_keys: int) -> None:
+        """The wafer layer's signal, its caches sized for ``n_keys`` detector keys (at most as many wafers)."""
         if self.layer is not None:
             self.wafer = WaferSignal(self.layer.population, self.sampling_rate_hz, self.seed, "gan_wafer", self.tile_samples, n_wafers=n_keys)
+
+    def prepare(self, n_keys: int) -> None:
+        self._prepare_wafer(n_keys)
         if self._noise_args is not None:
             p, fs, seed, stream, lp = self._noise_args
             self.noise = NoiseGenerator(p, fs, seed, stream, lowpass_hz=lp, cache_blocks=max(8, 4 * n_keys * self.rows))

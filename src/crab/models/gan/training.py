@@ -80,12 +80,12 @@ __all__ = ["TrainConfig", "TrainResult", "checkpoint_train_config", "load_checkp
 #: history.png is redrawn at most this often (s), and after the last epoch.
 PLOT_INTERVAL_S = 20.0
 
-#: What a model directory holds, all written by training (and ``crab train --select-with``: ``selection.json``,
-#: its ``.model.pt.selecting``): patterns for :func:`crab.core.paths.replaceable_contents`, what
+#: What a model directory holds, all written by training (and ``crab train --select-with``: ``selection.json``):
+#: patterns for :func:`crab.core.paths.replaceable_contents`, what
 #: ``--overwrite`` may remove.  Its run record is ``config.json``.
 MODEL_DIR_FILES = (
     "config.json", CHECKPOINT_FILE, BEST_FILE, MODEL_FILE, TRAINING_STATE_FILE, "history.csv", "history.json", "history.png",
-    "selection.json", ".model.pt.selecting", f"{SNAPSHOT_DIR}/epoch_*/{MODEL_FILE}",
+    "selection.json", f"{SNAPSHOT_DIR}/epoch_*/{MODEL_FILE}",
 )
 MODEL_DIR_RECORD = "config.json"
 
@@ -323,8 +323,7 @@ def _run(cfg: TrainConfig, mcfg: ModelConfig, data: TrainingData, sources, out: 
     G, D = Generator(mcfg), Discriminator(mcfg)
     pulses = None
     if direct is not None and G.additive is not None:  # a resumed run takes its weights from the checkpoint
-        exposure_s = sum(s.tod.shape[0] * s.tod.shape[1] for s in sources) / data.sampling_rate_hz
-        pulses = init_additive_glitches(G.additive, direct, scale=tf.scale, sampling_rate_hz=data.sampling_rate_hz, events_per_s=direct.amplitude.size / exposure_s)
+        pulses = init_additive_glitches(G.additive, direct, scale=tf.scale, sampling_rate_hz=data.sampling_rate_hz)
     ema = copy.deepcopy(G).requires_grad_(False) if cfg.ema_decay > 0 else None
     opt_d = _optimizer(cfg.d_optimizer, D.parameters(), cfg.d_lr, cfg.d_momentum, cfg.d_betas)
     opt_g = _optimizer(cfg.g_optimizer, G.parameters(), cfg.g_lr, cfg.g_momentum, cfg.g_betas)

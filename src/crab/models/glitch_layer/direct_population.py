@@ -36,6 +36,8 @@ class DirectFit:
         Fitted peak height of every event (TOD units).
     source : str
         ``"truth"`` or ``"detected"``.
+    exposure_s : float
+        Detector-seconds of TOD the events come from.
     profiles : ndarray (n_bands, n_basis, kernel) or None
         Mean pulse of the events of each amplitude band, per unit peak height, as taps of a
         ``kernel``-tap filter expanded in the sub-sample phase (:func:`mean_pulses`).
@@ -48,8 +50,14 @@ class DirectFit:
     tau_s: np.ndarray
     amplitude: np.ndarray
     source: str
+    exposure_s: float
     profiles: np.ndarray | None = None
     band_edges: np.ndarray | None = None
+
+    @property
+    def events_per_s(self) -> float:
+        """Fitted events per second per detector (Hz)."""
+        return self.amplitude.size / self.exposure_s
 
     def tau_quantiles_s(self, q) -> np.ndarray:
         """Quantiles ``q`` of the decay times (s) of the events above the median amplitude (well measured)."""
@@ -141,7 +149,8 @@ def fit_direct_hits(sources, *, use_truth: bool = True, max_events: int = 4000, 
             taus.append(tau[ok])
         per_row.append(np.where(np.isfinite(a), a, np.nan))
     amp = np.concatenate(amps) if amps else np.zeros(0)
-    fit = DirectFit(float(rise), float(delay), np.concatenate(taus) if taus else np.zeros(0), amp, source)
+    exposure_s = sum(x.size for x in series) / fs
+    fit = DirectFit(float(rise), float(delay), np.concatenate(taus) if taus else np.zeros(0), amp, source, exposure_s)
     if kernel and amp.size:
         fit.band_edges = np.quantile(amp, np.linspace(0.0, 1.0, n_bands + 1))
         fit.profiles = mean_pulses(series, times, per_row, fit.band_edges, kernel, n_basis)

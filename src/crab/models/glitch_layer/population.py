@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from crab.core.errors import InputError
-from crab.models.glitch_layer.shapes import QUANTILE_P
+from crab.models.glitch_layer.shapes import QUANTILE_P, render_events, render_response
 
 
 @dataclass
@@ -94,6 +94,17 @@ class GlitchPopulation:
     def sample_energy(self, u: np.ndarray) -> np.ndarray:
         """Energies (keV) from uniforms in [0, 1), log-interpolated between the quantiles."""
         return np.exp(np.interp(u, QUANTILE_P, self._logenergy))
+
+    def render(self, first_sample: int, n_samples: int, t_samples: np.ndarray, c2: np.ndarray, tau_s: np.ndarray, sampling_rate_hz: float) -> np.ndarray:
+        """Signal of events of this population on ``[first_sample, first_sample + n_samples)`` (float64).
+
+        ``t_samples``: hit times (samples, fractional); ``c2``: energies (keV) of a linear response
+        (:func:`render_response`) or peak heights of independent templates (:func:`render_events`,
+        with their decay times ``tau_s``; ignored for a linear response).
+        """
+        if self.linear:
+            return render_response(first_sample, n_samples, t_samples, c2, self.response_tau_s, self.response_pw_per_kev, sampling_rate_hz, delay_s=self.delay_s)
+        return render_events(first_sample, n_samples, t_samples, c2, tau_s, sampling_rate_hz, rise_s=self.rise_s, delay_s=self.delay_s)
 
     def max_tau_s(self) -> float:
         """Longest time constant of the population (s)."""

@@ -31,7 +31,7 @@ import numpy as np
 from crab.core import rng
 from crab.core.errors import InputError
 from crab.models.glitch_layer.population import GlitchPopulation
-from crab.models.glitch_layer.shapes import lookback_samples, render_events, render_response
+from crab.models.glitch_layer.shapes import lookback_samples
 
 
 @dataclass
@@ -194,11 +194,7 @@ class WaferSignal:
         if hit is None:
             evs = [self.events(wafer, b) for b in range(max(0, t - self.n_back), t + 1)]
             ts, c2, tau = (np.concatenate([e[i] for e in evs]) for i in range(3))
-            pop = self.population
-            if pop.linear:
-                hit = render_response(t * B, B, ts, c2, pop.response_tau_s, pop.response_pw_per_kev, self.fs, delay_s=pop.delay_s)
-            else:
-                hit = render_events(t * B, B, ts, c2, tau, self.fs, rise_s=pop.rise_s, delay_s=pop.delay_s)
+            hit = self.population.render(t * B, B, ts, c2, tau, self.fs)
             with self._lock:
                 self._signal[(wafer, t)] = hit
                 while len(self._signal) > self._signal_size:

@@ -10,8 +10,7 @@ import numpy as np
 from crab.core import rng
 from crab.core.errors import InputError
 from crab.models.base import TileSource
-from crab.models.glitch_layer.population import GlitchPopulation
-from crab.models.glitch_layer.shapes import lookback_samples, render_events, render_response
+from crab.models.glitch_layer.shapes import lookback_samples
 from crab.models.glitch_layer.wafer import WaferGrouping, WaferSignal
 from crab.physics.noise import NoiseGenerator
 
@@ -47,8 +46,8 @@ class TemplateSource(TileSource):
         if self.tile_samples < 16:
             raise InputError(f"block_samples must be >= 16, got {block_samples}")
         fs = self.sampling_rate_hz
-        self.lookback = max(lookback_samples(p.max_tau_s(), fs, p.delay_s) for p in (model.direct, model.wafer))
-        self.n_back = int(np.ceil(self.lookback / self.tile_samples))
+        # blocks of direct hits whose glitches reach into a block (the wafer signal keeps its own)
+        self.n_back = int(np.ceil(lookback_samples(model.direct.max_tau_s(), fs, model.direct.delay_s) / self.tile_samples))
         self.noise: NoiseGenerator | None = None
         self.grouping = grouping or WaferGrouping(int(model.fit_info.get("n_detectors", 1)))  # one wafer of the fitted size
         self.prepare(1)
@@ -97,13 +96,6 @@ class TemplateSource(TileSource):
         evs = [self._events(key, b) for b in range(max(0, t - self.n_back), t + 1)]
         return {k: np.concatenate([e[k] for e in evs]) for k in ("t", "c2", "tau_s")}
 
-    def render(self, pop: GlitchPopulation, first_sample: int, n_samples: int, ev: dict[str, np.ndarray]) -> np.ndarray:
-        """Signal of the events ``ev`` of population ``pop`` on ``[first_sample, first_sample + n_samples)``."""
-        fs = self.sampling_rate_hz
-        if pop.linear:
-            return render_response(first_sample, n_samples, ev["t"], ev["c2"], pop.response_tau_s, pop.response_pw_per_kev, fs, delay_s=pop.delay_s)
-        return render_events(first_sample, n_samples, ev["t"], ev["c2"], ev["tau_s"], fs, rise_s=pop.rise_s, delay_s=pop.delay_s)
-
     def assign_wafers(self, mapping) -> None:
         self.grouping.assign(mapping)
 
@@ -119,7 +111,8 @@ class TemplateSource(TileSource):
         B = self.tile_samples
         if self.model.direct.rate_hz <= 0:
             return np.zeros(B)
-        return self.render(self.model.direct, t * B, B, self._gather(key, t))
+        ev = self._gather(key, t)
+        return self.model.direct.render(t * B, B, ev["t"], ev["c2"], ev["tau_s"], self.sampling_rate_hz)
 
     def glitches(self, key: int, t: int) -> np.ndarray:
         """The glitch part of tile ``t`` (float64, tile_samples)."""
