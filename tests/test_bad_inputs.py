@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import make_synthetic_tod
+from conftest import make_synthetic_tod, run_cli
 from test_cli_train import FAST, write_config
 from test_generation import make_model_dir
 
@@ -49,18 +49,6 @@ def _sys_denied() -> bool:
 
 
 SYS_DENIED = _sys_denied()
-
-
-def run_crab(capsys, *args):
-    """``crab ARGS`` in this process: (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def assert_clean_error(code, err, expect=None):
@@ -190,7 +178,7 @@ def test_bad_input_is_a_clean_error(case, inputs, tmp_path, capsys):
     before = sorted(p.name for p in Path(inputs["IN"]).iterdir())
     final_path = None if final is None else Path(final.format(**fill))
     assert final_path is None or not final_path.exists()
-    code, _, err = run_crab(capsys, *args.format(**fill).split())
+    code, _, err = run_cli(capsys, *args.format(**fill).split())
     assert_clean_error(code, err, expect)
     assert final_path is None or not final_path.exists(), f"{final_path} was made"
     assert sorted(p.name for p in Path(inputs["IN"]).iterdir()) == before  # nothing of the user's removed, nothing added
@@ -205,13 +193,13 @@ def test_bad_inputs_cover_every_command():
 
 def test_seed_range_is_in_help(capsys):
     for command in ("simulate", "generate", "train", "validate"):
-        code, out, _ = run_crab(capsys, command, "--help")
+        code, out, _ = run_cli(capsys, command, "--help")
         assert code == 0 and "0<=x<=18446744073709551615" in out.replace("\n", " ").replace(" ", ""), command
 
 
 def test_largest_seed_works(inputs, tmp_path, capsys):
     out = tmp_path / "g.h5"
-    code, _, err = run_crab(capsys, "generate", "--model", inputs["M"], "--duration", 60, "--seed", 2**64 - 1, "--out", out, "--no-progress")
+    code, _, err = run_cli(capsys, "generate", "--model", inputs["M"], "--duration", 60, "--seed", 2**64 - 1, "--out", out, "--no-progress")
     assert code == 0, err
     with h5py.File(out) as f:
         assert int(f.attrs["seed"]) == 2**64 - 1
@@ -230,7 +218,7 @@ def test_full_disk_during_a_write_is_one_line(inputs, tmp_path, capsys, monkeypa
 
     monkeypatch.setattr(tod_io.TodWriter, "write", full)
     out = tmp_path / "x.h5"
-    code, _, err = run_crab(capsys, "generate", "--model", inputs["M"], "--duration", 60, "--out", out, "--no-progress")
+    code, _, err = run_cli(capsys, "generate", "--model", inputs["M"], "--duration", 60, "--out", out, "--no-progress")
     line = assert_clean_error(code, err, "no space left")
     assert f"{out}:" in line and ".tmp-" not in line  # the file the user asked for, not the temporary
     assert not out.exists()
@@ -246,7 +234,7 @@ def test_permission_denied_check_names_the_folder(inputs, tmp_path, capsys, monk
                  ["export", inputs["MC"], tmp_path / "x.h5"],
                  ["train", "--data", inputs["NPZ"], "--out", tmp_path / "m", "--quiet"],
                  ["inspect", inputs["MC"], "--plot", tmp_path / "plots"]):
-        code, _, err = run_crab(capsys, *args)
+        code, _, err = run_cli(capsys, *args)
         assert_clean_error(code, err, f"cannot write in folder {tmp_path}")
     assert list(tmp_path.iterdir()) == []
 
@@ -262,7 +250,7 @@ def test_an_oserror_that_is_a_bug_still_shows_its_traceback(inputs, tmp_path, mo
 # --------------------------------------------------------------------------- --overwrite and --fresh
 def _train(capsys, data, out, *extra):
     fast = write_config(Path(out).parent / "fast.toml")
-    return run_crab(capsys, "train", "--data", data, "--out", out, "--epochs", 1, "--seed", 1, "--config", fast, *FAST, *extra)
+    return run_cli(capsys, "train", "--data", data, "--out", out, "--epochs", 1, "--seed", 1, "--config", fast, *FAST, *extra)
 
 
 def test_overwrite_keeps_what_crab_did_not_write(inputs, tmp_path, capsys):
@@ -314,7 +302,7 @@ def test_fresh_keeps_what_crab_did_not_write(tmp_path, capsys):
     notes = run_dir / "notes.txt"
     notes.write_text("mine\n")
     # the issue's probe: crab run --fresh --out DIR on a folder that holds no pipeline output
-    code, _, err = run_crab(capsys, "run", "--fresh", "--out", run_dir, "--no-progress")
+    code, _, err = run_cli(capsys, "run", "--fresh", "--out", run_dir, "--no-progress")
     assert_clean_error(code, err, "did not write (data.h5, notes.txt)")
     with pytest.raises(Exception, match="did not write"):
         run_pipeline(run_dir=run_dir, fresh=True, progress=False, log=lambda s: None)
@@ -394,15 +382,15 @@ def test_unfinished_training_is_refused_until_finished(inputs, tmp_path, capsys,
     state = json.loads((out / TRAINING_STATE_FILE).read_text())
     assert state == {"finished": False, "epoch": 1, "epochs": 2}
     gen = tmp_path / "g.h5"
-    code, _, err = run_crab(capsys, "generate", "--model", out, "--duration", 60, "--out", gen)
+    code, _, err = run_cli(capsys, "generate", "--model", out, "--duration", 60, "--out", gen)
     assert_clean_error(code, err, "holds epoch 1 of a training that did not finish (it stopped after epoch 1 of 2)")
     assert not gen.exists()
-    code, _, err = run_crab(capsys, "generate", "--model", out, "--duration", 60, "--out", gen, "--allow-unfinished", "--no-progress")
+    code, _, err = run_cli(capsys, "generate", "--model", out, "--duration", 60, "--out", gen, "--allow-unfinished", "--no-progress")
     assert code == 0, err
-    code, _, err = run_crab(capsys, "train", "--data", inputs["NPZ"], "--out", out, "--resume", "--quiet")
+    code, _, err = run_cli(capsys, "train", "--data", inputs["NPZ"], "--out", out, "--resume", "--quiet")
     assert code == 0, err
     assert json.loads((out / TRAINING_STATE_FILE).read_text())["finished"] is True
-    code, _, err = run_crab(capsys, "generate", "--model", out, "--duration", 60, "--out", gen, "--overwrite", "--no-progress")
+    code, _, err = run_cli(capsys, "generate", "--model", out, "--duration", 60, "--out", gen, "--overwrite", "--no-progress")
     assert code == 0, err
 
 

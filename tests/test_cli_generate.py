@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import make_synthetic_tod
+from conftest import make_synthetic_tod, run_cli
 from test_generation import make_model_dir
 
 from crab.io.tod import file_checksum
@@ -28,17 +28,8 @@ class _Result:
 @pytest.fixture
 def crab(capsysbinary):
     """Run `crab ...` in this process (fast: torch is already imported); returns code, stdout, stderr bytes."""
-    from crab.cli import main
-
     def run(*args):
-        capsysbinary.readouterr()
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code
-        out = capsysbinary.readouterr()
-        return _Result(code, out.out, out.err)
+        return _Result(*run_cli(capsysbinary, *args))
 
     return run
 

@@ -2,16 +2,7 @@
 
 import json
 
-import pytest
-
-from crab.cli import main
-
-
-def _run(capsys, *args):
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
+from conftest import run_cli
 
 
 def test_reduced_pipeline_writes_complete_report_and_resumes(tmp_path, capsys):
@@ -24,7 +15,7 @@ def test_reduced_pipeline_writes_complete_report_and_resumes(tmp_path, capsys):
         "--train-option", "batch_size=16", "--train-option", "val_windows=32",
         "--train-option", "quality_windows=32", "--train-option", "bn_calibration_batches=2",
     ]
-    code, out, err = _run(capsys, *args)
+    code, out, err = run_cli(capsys, *args)
     assert code == 0, err
     for name in ("mc_train.h5", "mc_heldout.h5", "mc_heldout_2.h5", "mc_heldout_3.h5", "mc_selection.h5", "model/selection.json", "gan.h5", "template.h5", "template.json", "model/model.pt", "model/history.png", "report/report.md", "report/metrics.json", "pipeline.json"):
         assert (run_dir / name).exists(), name
@@ -51,14 +42,14 @@ def test_reduced_pipeline_writes_complete_report_and_resumes(tmp_path, capsys):
 
     # a second call resumes: nothing but validation runs again
     mtime = (run_dir / "model" / "model.pt").stat().st_mtime_ns
-    code, out, err = _run(capsys, *args)
+    code, out, err = run_cli(capsys, *args)
     assert code == 0, err
     assert err.count("already done, skipped") == 6
     assert (run_dir / "model" / "model.pt").stat().st_mtime_ns == mtime
 
 
 def test_pipeline_rejects_bad_options(tmp_path, capsys):
-    code, _, err = _run(capsys, "run", "--out", tmp_path / "r", "--train-option", "no_such_option=3", "--train-duration", "60s")
+    code, _, err = run_cli(capsys, "run", "--out", tmp_path / "r", "--train-option", "no_such_option=3", "--train-duration", "60s")
     assert code == 2 and "unknown training options" in err and len(err.strip().splitlines()) <= 2
-    code, _, err = _run(capsys, "run", "--out", tmp_path / "r2", "--train-duration", "-5")
+    code, _, err = run_cli(capsys, "run", "--out", tmp_path / "r2", "--train-duration", "-5")
     assert code == 2 and err.startswith("error:") and "positive" in err
