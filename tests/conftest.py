@@ -7,6 +7,7 @@ enough to exercise datasets, training, generation and validation quickly.
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import numpy as np
@@ -14,6 +15,13 @@ import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("CRAB_PROGRESS", "0")
+
+
+def require_extra(module: str, extra: str):
+    """Import ``module`` or skip; with ``CRAB_REQUIRE_EXTRAS=1`` (set by CI, which installs the extras) fail instead."""
+    if os.environ.get("CRAB_REQUIRE_EXTRAS", "") not in ("", "0"):
+        return importlib.import_module(module)
+    return pytest.importorskip(module, reason=f"needs the crab-tod[{extra}] extra")
 
 
 def run_cli(capture, *args):

@@ -7,7 +7,6 @@ extra (skipped without it; CI installs it).
 
 from __future__ import annotations
 
-import importlib
 import os
 import json
 import subprocess
@@ -16,19 +15,14 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import require_extra
+
 from crab.io import litebird_layout as export
 from crab.io import tod as tod_io
 from crab.core.errors import InputError
 
 FS = 19.0
 NAMES = ["W00_D000", "W00_D001", "W00_D002"]
-
-
-def require_extra(module: str, extra: str):
-    """Import ``module`` or skip; with ``CRAB_REQUIRE_EXTRAS=1`` (set by CI, which installs the extras) fail instead."""
-    if os.environ.get("CRAB_REQUIRE_EXTRAS", "") not in ("", "0"):
-        return importlib.import_module(module)
-    return pytest.importorskip(module, reason=f"needs the crab-tod[{extra}] extra")
 
 
 @pytest.fixture

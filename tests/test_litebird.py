@@ -7,7 +7,6 @@ it).  The MPI test needs ``crab-tod[mpi]`` too.
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
@@ -17,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import require_extra
+
 from crab.integrations import litebird as cl
 from crab.core import rng
 from crab.core.errors import InputError
@@ -24,13 +25,6 @@ from crab.core.errors import InputError
 FS = 19.0
 SEED = 11
 NAMES = ["L1-140_000_QA", "L1-140_000_QB"]
-
-
-def require_extra(module: str, extra: str):
-    """Import ``module`` or skip; with ``CRAB_REQUIRE_EXTRAS=1`` (set by CI, which installs the extras) fail instead."""
-    if os.environ.get("CRAB_REQUIRE_EXTRAS", "") not in ("", "0"):
-        return importlib.import_module(module)
-    return pytest.importorskip(module, reason=f"needs the crab-tod[{extra}] extra")
 
 
 def make_model():

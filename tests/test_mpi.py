@@ -7,7 +7,6 @@ without it, and CI installs it so that they run there.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
@@ -20,6 +19,8 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import require_extra
+
 from crab.generation import mpi
 from crab.io import tod as tod_io
 from crab.core.errors import InputError
@@ -30,13 +31,6 @@ N_DET = 5
 N_SAMPLES = 3001  # not a multiple of anything: uneven tiles
 CHUNK = 256
 SEED = 7
-
-
-def require_extra(module: str, extra: str):
-    """Import ``module`` or skip; with ``CRAB_REQUIRE_EXTRAS=1`` (set by CI, which installs the extras) fail instead."""
-    if os.environ.get("CRAB_REQUIRE_EXTRAS", "") not in ("", "0"):
-        return importlib.import_module(module)
-    return pytest.importorskip(module, reason=f"needs the crab-tod[{extra}] extra")
 
 
 # --------------------------------------------------------------------------- pure functions
