@@ -57,12 +57,13 @@ def _conditions(phi_gv: float | None, schedule: Path | None, cond: tuple[str, ..
 @click.option("--cond", multiple=True, help="Condition of a conditioned model, NAME=VALUE (e.g. phi_gv=0.6); repeatable.")
 @click.option("--wafer-size", type=int, callback=positive_int, help="Detectors per wafer sharing its hits (keys k // N); default: the wafer the model was fitted on; 1: every detector on its own wafer.")
 @click.option("--workers", type=int, callback=positive_int, help="Worker threads (default: CPUs available); does not change the output.")
+@click.option("--truth/--no-truth", default=True, show_default=True, help="Write the /events table of the generated glitches (time, detector or wafer, amplitude, family) into the output file.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.option("--allow-unfinished", is_flag=True, help="Accept the model of a training that did not finish (killed or interrupted; `crab train --resume` finishes it).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def generate(
     model_path, method, fit_path, save_template, duration, detectors, seed, start, out, checksum_only, chunk_samples, sampling_rate_hz,
-    phi_gv, phi_schedule, allow_extrapolation, cond, wafer_size, workers, overwrite, allow_unfinished, no_progress,
+    phi_gv, phi_schedule, allow_extrapolation, cond, wafer_size, workers, truth, overwrite, allow_unfinished, no_progress,
 ):
     """Generate TOD of any length, streamed in chunks, seam-free and reproducible.
 
@@ -126,7 +127,8 @@ def generate(
         stats = G.stream_raw(gen, sys.stdout.buffer, duration, detectors, start_s=start, chunk_samples=chunk_samples, progress=progress)
     else:
         stats = G.generate_to_file(
-            gen, out_path, duration, detectors, start_s=start, chunk_samples=chunk_samples, overwrite=overwrite, progress=progress, run_config=run_config
+            gen, out_path, duration, detectors, start_s=start, chunk_samples=chunk_samples, overwrite=overwrite, progress=progress, run_config=run_config,
+            truth=truth,
         )
     if G.is_root_process():
         where = f" -> {stats.path}" if stats.path else ""

@@ -21,6 +21,7 @@ from crab.generation import mpi
 from crab.generation.engine import DEFAULT_CHUNK_SAMPLES, TodGenerator
 from crab.generation.sinks import ChecksumSink, Hdf5FileSink, RawStreamSink, Sink
 from crab.generation.stats import GenerationStats
+from crab.generation.truth import GENERATED_ROW_BYTES, RunTruth
 
 
 def samples_for(duration_s: float, sampling_rate_hz: float, *, what: str = "duration", allow_zero: bool = False) -> int:
@@ -116,8 +117,10 @@ def generate_to_file(
     progress: bool | None = None,
     detector_names: Sequence[str] | None = None,
     run_config: dict[str, Any] | None = None,
+    truth: bool = True,
 ) -> GenerationStats:
-    """Generate TOD into an HDF5 file (``crab.io.tod`` layout, no ``events`` group).
+    """Generate TOD into an HDF5 file (``crab.io.tod`` layout), with the ``events`` table of the
+    glitches the generator placed (:mod:`crab.generation.truth`).
 
     Under ``mpirun`` with several ranks the file is written by every rank
     (:class:`crab.generation.mpi.MpiFileSink`), with the same bytes.
@@ -145,6 +148,9 @@ def generate_to_file(
         Names stored in the file (default ``W00_D000, ...``).
     run_config : dict, optional
         Extra entries for the run record (``config`` attribute).
+    truth : bool
+        Write the ``/events`` table (when the method lists its glitches; the same rows for any
+        chunking, ``start_s`` slice of a longer run, worker count or MPI layout).
     """
     from crab import __version__
     from crab.core.provenance import run_record
@@ -157,7 +163,8 @@ def generate_to_file(
     seed = generator.seed
     n_det = generator.count(detectors)
     generator.check_memory(n_det, n, chunk_samples)  # before the plan of every detector is made
-    check_free_space(path.parent, tod_file_bytes(n_det, n), what=f"{path} ({n_det} detector{'s' if n_det > 1 else ''} x {format_duration(n / fs)} at {fs:g} Hz)")
+    n_rows = RunTruth(generator, detectors).expected_rows(n) if truth else 0
+    check_free_space(path.parent, tod_file_bytes(n_det, n) + GENERATED_ROW_BYTES * n_rows, what=f"{path} ({n_det} detector{'s' if n_det > 1 else ''} x {format_duration(n / fs)} at {fs:g} Hz)")
     names = list(detector_names) if detector_names is not None else generator.detector_names(detectors)
     if len(names) != n_det:
         raise InputError(f"{len(names)} detector names for {n_det} detectors")
@@ -187,7 +194,7 @@ def generate_to_file(
         description=f"CRAB {generator.kind} generation",
     )
     comm = mpi.world()
-    sink: Sink = Hdf5FileSink(path, meta, overwrite=overwrite) if comm is None else mpi.MpiFileSink(path, meta, comm=comm, overwrite=overwrite)
+    sink: Sink = Hdf5FileSink(path, meta, overwrite=overwrite, truth=truth) if comm is None else mpi.MpiFileSink(path, meta, comm=comm, overwrite=overwrite, truth=truth)
     return run(generator, detectors, s0, n, sink, chunk_samples=chunk_samples, progress=progress)
 
 

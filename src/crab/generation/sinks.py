@@ -103,8 +103,9 @@ class RawStreamSink(Sink):
 
 
 class Hdf5FileSink(Sink):
-    """An HDF5 TOD file (:class:`crab.io.tod.TodWriter` layout, no ``events`` group), with the
-    checksum as the ``/tod`` attribute ``checksum_sha256``.
+    """An HDF5 TOD file (:class:`crab.io.tod.TodWriter` layout), with the checksum as the ``/tod``
+    attribute ``checksum_sha256`` and, with ``truth``, the ``/events`` table of the glitches the
+    generator placed (:class:`crab.generation.truth.RunTruth`), written chunk by chunk.
 
     Parameters
     ----------
@@ -115,22 +116,39 @@ class Hdf5FileSink(Sink):
         The file's metadata (detectors, start time, run record...).
     overwrite : bool
         Replace an existing file.
+    truth : bool
+        Write the ``/events`` table of the generated glitches (when the method lists them).
     """
 
     desc = "generate"
 
-    def __init__(self, path: str | os.PathLike, meta: TodMetadata, *, overwrite: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike, meta: TodMetadata, *, overwrite: bool = False, truth: bool = True) -> None:
         self.path = check_output_file(path, overwrite=overwrite)
         self.meta = meta
         self.overwrite = overwrite
+        self.truth = bool(truth)
         self._writer: TodWriter | None = None
 
     @contextlib.contextmanager
     def open(self, generator, detectors, start_sample, n_samples) -> Iterator[ChunkWriter]:
+        from crab.generation.truth import RunTruth
+
+        truth = RunTruth(generator, detectors) if self.truth else None
+        if truth is not None and not truth.recorded:
+            truth = None
         with TodWriter(self.path, self.meta, n_samples=n_samples, chunk_samples=min(HDF5_CHUNK_SAMPLES, n_samples), overwrite=self.overwrite) as w:
             self._writer = w
+
+            def write(first_sample: int, chunk: np.ndarray) -> None:
+                w.write(chunk)
+                if truth is not None:
+                    w.append_events(truth.chunk(first_sample, chunk.shape[1]), truth.columns)
+
             try:
-                yield lambda first_sample, chunk: w.write(chunk)
+                if truth is not None:
+                    w.append_events(truth.chunk(0, 0), truth.columns)  # the table exists even when empty
+                    w.set_events_note(truth.describe())
+                yield write
             finally:
                 self._writer = None
 

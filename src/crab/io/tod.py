@@ -50,6 +50,7 @@ from crab.core.provenance import to_jsonable
 from crab.core.units import check_sample_span, format_duration
 from crab.physics.events import (  # noqa: F401  (re-exported: the file layer writes what physics defines)
     _EVENT_COLUMNS,
+    _OPTIONAL_COLUMNS,
     EVENT_KIND_DIRECT,
     EVENT_KIND_LABELS,
     EVENT_KIND_WAFER,
@@ -148,6 +149,32 @@ def tod_file_bytes(n_detectors: int, n_samples: int, n_events: int = 0) -> int:
     return data + FILE_OVERHEAD_BYTES + 64 * int(n_detectors) * (int(n_samples) // 65536 + 1)
 
 
+def append_events(f: h5py.File, events: EventTable, columns: Sequence[str] | None = None) -> None:
+    """Append rows to a growing ``/events`` table of an open file (streamed truth, e.g. of generated glitches).
+
+    ``columns``: the columns to store (default: every column); fixed by the first call.
+    """
+    g = f.get("events")
+    if g is None:
+        g = f.create_group("events")
+        g.attrs["kind_labels"] = json.dumps({str(k): v for k, v in EVENT_KIND_LABELS.items()})
+        for name in columns or (*_EVENT_COLUMNS, *_OPTIONAL_COLUMNS):
+            g.create_dataset(name, shape=(0,), maxshape=(None,), dtype=getattr(events, name).dtype, chunks=(1 << 14,))
+    n = len(events)
+    if not n:
+        return
+    for name in g:
+        d = g[name]
+        end = d.shape[0] + n
+        d.resize((end,))
+        d[end - n :] = getattr(events, name)
+
+
+def set_events_note(f: h5py.File, note: dict) -> None:
+    """Record what the ``/events`` table of an open file holds (JSON attribute ``note`` of the group)."""
+    f["events"].attrs["note"] = json.dumps(note)
+
+
 class TodWriter:
     """Stream TOD into an HDF5 file, chunk by chunk, and rename it into place at the end.
 
@@ -234,9 +261,17 @@ class TodWriter:
     def write_events(self, events: EventTable) -> None:
         """Write the ``/events`` truth table (once)."""
         g = self._file.create_group("events")
-        for name in _EVENT_COLUMNS:
+        for name in events.recorded_columns():
             g.create_dataset(name, data=getattr(events, name))
         g.attrs["kind_labels"] = json.dumps({str(k): v for k, v in EVENT_KIND_LABELS.items()})
+
+    def set_events_note(self, note: dict) -> None:
+        """Record what the ``/events`` table holds (JSON attribute ``note`` of the group)."""
+        set_events_note(self._file, note)
+
+    def append_events(self, events: EventTable, columns: Sequence[str] | None = None) -> None:
+        """Append rows to a growing ``/events`` table (:func:`append_events`)."""
+        append_events(self._file, events, columns)
 
     def close(self) -> Path:
         """Finish the file and rename it to its final name; returns the final path."""
@@ -370,7 +405,7 @@ def _read_events(f: h5py.File, path: Path, n_detectors: int) -> EventTable | Non
     if missing:
         raise FileFormatError(f"{path}: events group lacks columns {missing}")
     try:
-        ev = EventTable(**{c: g[c][()] for c in _EVENT_COLUMNS})
+        ev = EventTable(**{c: g[c][()] for c in (*_EVENT_COLUMNS, *_OPTIONAL_COLUMNS) if c in g})
     except InputError as exc:
         raise FileFormatError(f"{path}: {exc}") from None
     if len(ev) and (ev.detector.min() < -1 or ev.detector.max() >= n_detectors):

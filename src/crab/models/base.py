@@ -48,6 +48,8 @@ class TileSource:
         Samples per tile.
     rows : int
         Detectors produced per key (the model's output channels).
+    lists_glitches : bool
+        Whether :meth:`tile_events` lists every glitch the source places on a detector.
     """
 
     kind = "unknown"
@@ -55,6 +57,7 @@ class TileSource:
     units: str = "pW"
     tile_samples: int
     rows: int = 1
+    lists_glitches = False
 
     def prepare(self, n_keys: int) -> None:
         """Called before a run over ``n_keys`` detector keys (size caches)."""
@@ -69,6 +72,39 @@ class TileSource:
 
     def check_span(self, start_sample: int, stop_sample: int) -> None:
         """Raise :class:`InputError` if ``[start_sample, stop_sample)`` cannot be generated."""
+
+    def tile_events(self, key: int, t: int):
+        """The glitches this source placed on detector key ``key`` whose hit sample lies in tile ``t``
+        (its own ones; those of its wafer are :meth:`wafer_events`), as a
+        :class:`crab.physics.events.EventTable` with ``detector = key``, ``sample``, ``amplitude``
+        (TOD units), ``family`` and, where the shape needs it, ``tau_s``; or None when the method
+        does not know where its glitches are (then :meth:`glitch_signal` is None too)."""
+        return None
+
+    def wafer_events(self, wafer: int, t: int):
+        """The hits on wafer ``wafer`` whose hit sample lies in tile ``t`` (``detector = -1``, ``wafer``,
+        ``energy_kev`` and ``amplitude`` for a detector of coupling 1); an empty table for a method
+        without wafers."""
+        from crab.physics.events import EventTable
+
+        return EventTable()
+
+    def render_events(self, events, key: int, first_sample: int, n_samples: int) -> np.ndarray:
+        """The glitch signal (float64, ``n_samples``) on samples ``[first_sample, first_sample + n_samples)``
+        of detector key ``key`` made by the rows ``events`` (its own rows with ``detector = key``, and
+        its wafer's rows, times its coupling): the truth table's pulses summed.  Give every row whose
+        pulse reaches the slice."""
+        raise NotImplementedError(f"the {self.kind} method does not render its glitches")
+
+    def glitch_signal(self, key: int, t: int) -> np.ndarray | None:
+        """The glitch part of tile ``t`` of detector key ``key`` (float64, ``tile_samples``), rendered from
+        :meth:`tile_events` and :meth:`wafer_events` of the tiles whose pulses reach it; None when the
+        method does not record its glitches."""
+        return None
+
+    def glitch_rates_hz(self) -> tuple[float, float]:
+        """Expected glitches listed per second: ``(per detector, per wafer)`` (sizes the truth table)."""
+        return 0.0, 0.0
 
     def assign_wafers(self, mapping) -> None:
         """Put detector keys on wafers: ``{key: (wafer, position)}`` (a no-op for a method without wafers)."""

@@ -32,6 +32,7 @@ def generate_distributed(
     progress: bool | None = None,
     consolidate: bool = False,
     litebird: dict | None = None,
+    truth: bool = False,
 ) -> Any:
     """Generate with a :class:`crab.generation.engine.TodGenerator` into ``path``, split over ``comm``.
 
@@ -53,6 +54,10 @@ def generate_distributed(
         Absolute first sample and number of samples.
     comm : mpi4py communicator, optional
         Default :func:`world` (serial when not launched by MPI).
+    truth : bool
+        Add the ``/events`` table of the generated glitches (:mod:`crab.generation.truth`): rank 0
+        lists them for the whole run once the parts are written (cheap beside the TOD: no network
+        runs), so the rows do not depend on the number of ranks.
 
     Returns
     -------
@@ -78,12 +83,21 @@ def generate_distributed(
         for c0, chunk in gen.iter_chunks([keys[r] for r in rows], start_sample + s, n, c):
             yield c0 - start_sample, chunk
 
+    finish_file = None
+    if truth:
+        from crab.generation.truth import RunTruth, write_truth
+
+        run_truth = RunTruth(gen, keys)
+        if run_truth.recorded:
+            def finish_file(f) -> None:
+                write_truth(f, run_truth, start_sample, n_samples, chunk_samples)
+
     if comm is not None:
         comm.Barrier()
     t0 = time.perf_counter()
     write_distributed(
         path, meta, n_samples, tile_chunks=tile_chunks, comm=comm, chunk_samples=chunk_samples, overwrite=overwrite,
-        consolidate=consolidate, litebird=litebird, checksum=True, progress=progress is not False,
+        consolidate=consolidate, litebird=litebird, checksum=True, progress=progress is not False, finish_file=finish_file,
     )
     wall = time.perf_counter() - t0
     rss = peak_rss_mb()
@@ -126,13 +140,17 @@ class MpiFileSink(Sink):
         Metadata of the whole file (all detectors; ``start_time_s`` the time of the first sample).
     comm : mpi4py communicator, optional
         Default :func:`world` (serial when not launched by MPI).
-    overwrite, consolidate, litebird
+    overwrite, consolidate, litebird, truth
         See :func:`generate_distributed`.
     """
 
     desc = "generate"
 
-    def __init__(self, path: str | os.PathLike, meta: tod_io.TodMetadata, *, comm: Any | None = None, overwrite: bool = False, consolidate: bool = False, litebird: dict | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike, meta: tod_io.TodMetadata, *, comm: Any | None = None, overwrite: bool = False, consolidate: bool = False,
+        litebird: dict | None = None, truth: bool = False,
+    ) -> None:
+        self.truth = bool(truth)
         self.path = Path(path)
         self.meta = meta
         self.comm = comm
@@ -143,7 +161,7 @@ class MpiFileSink(Sink):
     def consume(self, generator, detectors, start_sample, n_samples, *, chunk_samples, progress, desc) -> GenerationStats:
         stats = generate_distributed(
             generator, self.path, self.meta, detectors, start_sample, n_samples, comm=self.comm, chunk_samples=chunk_samples,
-            overwrite=self.overwrite, progress=progress, consolidate=self.consolidate, litebird=self.litebird,
+            overwrite=self.overwrite, progress=progress, consolidate=self.consolidate, litebird=self.litebird, truth=self.truth,
         )
         stats.path = self.path
         return stats

@@ -126,7 +126,7 @@ def _write_tile(
     return digests.digests()
 
 
-def _write_serial(path, meta, n_samples, tile_fn, tile_chunks, chunk_samples, overwrite, show_progress, litebird, checksum) -> Path:
+def _write_serial(path, meta, n_samples, tile_fn, tile_chunks, chunk_samples, overwrite, show_progress, litebird, checksum, finish_file=None) -> Path:
     rows = np.arange(meta.n_detectors)
     digests = RowDigests(len(rows))
     with tod_io.TodWriter(path, meta, n_samples=n_samples, chunk_samples=chunk_samples, overwrite=overwrite) as w:
@@ -142,6 +142,8 @@ def _write_serial(path, meta, n_samples, tile_fn, tile_chunks, chunk_samples, ov
             from crab.io.litebird_layout import add_litebird_layout
 
             add_litebird_layout(w.dataset.file, meta, **litebird)
+        if finish_file is not None:
+            finish_file(w.dataset.file)
     return Path(path)
 
 
@@ -169,6 +171,7 @@ def write_distributed(
     litebird: dict | None = None,
     checksum: bool = False,
     progress: bool = True,
+    finish_file: Callable[[h5py.File], None] | None = None,
 ) -> Path:
     """Write a TOD file, split over the ranks of ``comm`` (or serially when ``comm`` is None or of size 1).
 
@@ -211,6 +214,9 @@ def write_distributed(
         whole rows; with a time split rank 0 reads the assembled file once.
     progress : bool
         Progress bar on rank 0 (see :mod:`crab.core.progress`).
+    finish_file : callable, optional
+        ``finish_file(h5py.File)``: called by rank 0 on the assembled file before it is renamed into
+        place (e.g. to add the ``/events`` table).
 
     Returns
     -------
@@ -234,7 +240,7 @@ def write_distributed(
         raise InputError("give exactly one of tile_fn and tile_chunks")
     if comm is None or comm.Get_size() == 1:
         check_output_file(path, overwrite=overwrite, option="overwrite")
-        return _write_serial(path, meta, n_samples, tile_fn, tile_chunks, chunk_samples, overwrite, progress, litebird, checksum)
+        return _write_serial(path, meta, n_samples, tile_fn, tile_chunks, chunk_samples, overwrite, progress, litebird, checksum, finish_file)
 
     rank, size = comm.Get_rank(), comm.Get_size()
     final_parts = parts_dir(path)
@@ -290,7 +296,7 @@ def write_distributed(
                     if not t.empty:
                         rows[t.det_start : t.det_stop] = dg
                 digest = RowDigests.combine(rows)
-            _assemble(path, meta, n_samples, tiles, tmp_parts, final_parts, litebird, digest, checksum and not whole_rows)
+            _assemble(path, meta, n_samples, tiles, tmp_parts, final_parts, litebird, digest, checksum and not whole_rows, finish_file)
         except Exception as exc:  # noqa: BLE001 - reported to every rank
             final_status = _describe(exc)
             shutil.rmtree(tmp_parts, ignore_errors=True)
@@ -317,6 +323,7 @@ def _assemble(
     litebird: dict | None,
     digest: str | None = None,
     read_checksum: bool = False,
+    finish_file: Callable[[h5py.File], None] | None = None,
 ) -> None:
     """Rank 0: write the virtual-dataset file, then rename parts folder and file into place."""
     layout = h5py.VirtualLayout(shape=(meta.n_detectors, n_samples), dtype=np.float32)
@@ -337,6 +344,8 @@ def _assemble(
                 from crab.io.litebird_layout import add_litebird_layout
 
                 add_litebird_layout(f, meta, **litebird)
+            if finish_file is not None:
+                finish_file(f)
         if read_checksum:  # tiles split in time: hash the assembled file (parts still in the temporary folder)
             digest = _virtual_checksum(tmp_parts, tiles, meta.n_detectors)
         if digest is not None:

@@ -113,6 +113,11 @@ class GanSource(TileSource):
             raise InputError(f"tile_latents must be >= 1, got {tile_latents}")
         self.tile_samples = self.tile_latents * self.f
         self._fast = None
+        self.truth = None
+        if self.gen.additive is not None and self.rows == 1 and not self.gen.exchangeable:
+            from crab.models.gan.glitch_truth import AdditiveGlitchTruth
+
+            self.truth = AdditiveGlitchTruth(self.gen, self._tf[1], self.sampling_rate_hz, self.tile_latents)
         layer = getattr(model, "wafer_layer", None)
         self.layer = layer if layer is not None and layer.active else None
         if self.layer is not None and self.rows != 1:
@@ -248,6 +253,56 @@ class GanSource(TileSource):
         the signal of its wafer."""
         wafer, position = self.grouping.of(key)
         return self.layer.coupling(position) * self.wafer.signal(wafer, t)
+
+    # ---------------------------------------------------------------- truth
+    @property
+    def lists_glitches(self) -> bool:
+        """Whether the generator places its glitches explicitly (additive glitches) and lists them."""
+        return self.truth is not None
+
+    def _wafer_index(self, key: int) -> int:
+        return self.grouping.of(key)[0] if self.layer is not None else -1
+
+    def tile_events(self, key: int, t: int):
+        if self.truth is None:
+            return None
+        return self.truth.tile_events(self._key(key), t, detector=key, wafer=self._wafer_index(key))
+
+    def wafer_events(self, wafer: int, t: int):
+        if self.wafer is None:
+            return super().wafer_events(wafer, t)
+        return self.wafer.truth(wafer, t)
+
+    def render_events(self, events, key: int, first_sample: int, n_samples: int) -> np.ndarray:
+        from crab.physics.events import EVENT_KIND_DIRECT, EVENT_KIND_WAFER
+
+        out = np.zeros(int(n_samples))
+        if self.truth is not None:
+            out += self.truth.render(events.select((events.detector == key) & (events.kind == EVENT_KIND_DIRECT)), first_sample, n_samples)
+        w = self._wafer_index(key)
+        if w >= 0:
+            rows = events.select((events.kind == EVENT_KIND_WAFER) & (events.wafer == w))
+            out += self.layer.coupling(self.grouping.of(key)[1]) * self.layer.population.render_truth(rows, first_sample, n_samples, self.sampling_rate_hz)
+        return out
+
+    def glitch_signal(self, key: int, t: int) -> np.ndarray | None:
+        """The additive glitches of tile ``t`` rendered from their truth rows (those of tiles ``t - 1``
+        to ``t + 1``: a pulse reaches less than a tile), plus the wafer layer's signal."""
+        if self.truth is None and self.layer is None:
+            return None
+        T = self.tile_samples
+        out = np.zeros(T)
+        if self.truth is not None:
+            from crab.physics.events import EventTable
+
+            rows = EventTable.concatenate([self.tile_events(key, b) for b in range(max(0, t - 1), t + 2)])
+            out += self.truth.render(rows, t * T, T)
+        if self.wafer is not None:
+            out += self.wafer_signal(key, t)
+        return out
+
+    def glitch_rates_hz(self) -> tuple[float, float]:
+        return (0.0 if self.truth is None else self.truth.rate_hz()), (0.0 if self.layer is None else float(self.layer.population.rate_hz))
 
     def describe(self) -> dict[str, Any]:
         return {

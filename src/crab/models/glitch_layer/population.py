@@ -67,6 +67,8 @@ class GlitchPopulation:
             v = getattr(self, name)
             if not (np.isfinite(v) and v >= 0):
                 raise InputError(f"{self.kind} glitches: {name} must be finite and >= 0, got {v!r}")
+        for name in ("amplitude_quantiles", "tau_quantiles_s", "energy_quantiles_kev", "response_tau_s", "response_pw_per_kev"):
+            setattr(self, name, [float(v) for v in getattr(self, name)])  # plain floats: a model file stores them
         nq = len(QUANTILE_P)
         if self.linear:
             if len(self.response_pw_per_kev) != len(self.response_tau_s) or not all(np.isfinite(t) and t > 0 for t in self.response_tau_s):
@@ -80,6 +82,7 @@ class GlitchPopulation:
                 raise InputError(f"{self.kind} glitches: every tau must exceed rise_s = {self.rise_s}")
         self._amp = np.asarray(self.amplitude_quantiles, dtype=np.float64)
         self._logtau = np.log(np.maximum(np.asarray(self.tau_quantiles_s, dtype=np.float64), 1e-30))
+        self._peak: float | None = None
         self._logenergy = np.log(np.maximum(np.asarray(self.energy_quantiles_kev, dtype=np.float64), 1e-30))
 
     @property
@@ -105,6 +108,44 @@ class GlitchPopulation:
         if self.linear:
             return render_response(first_sample, n_samples, t_samples, c2, self.response_tau_s, self.response_pw_per_kev, sampling_rate_hz, delay_s=self.delay_s)
         return render_events(first_sample, n_samples, t_samples, c2, tau_s, sampling_rate_hz, rise_s=self.rise_s, delay_s=self.delay_s)
+
+    def peak_per_kev(self) -> float:
+        """Peak over time of the linear response to 1 keV (TOD units per keV); 1.0 for
+        independent templates (their ``c2`` is the peak height already)."""
+        if not self.linear:
+            return 1.0
+        if self._peak is None:
+            taus = np.asarray(self.response_tau_s, dtype=np.float64)
+            s = np.linspace(0.0, 10.0 * taus.max(), 20001)[:, None]
+            self._peak = float(np.max(np.exp(-s / taus[None, :]) @ np.asarray(self.response_pw_per_kev, dtype=np.float64)))
+        return self._peak
+
+    def truth(self, t_samples: np.ndarray, c2: np.ndarray, tau_s: np.ndarray, sampling_rate_hz: float, *, detector: int, wafer: int, family: int = 0):
+        """Truth rows (:class:`crab.physics.events.EventTable`) of events of this population: hit times
+        ``t_samples`` (samples, fractional), ``c2`` and ``tau_s`` as :meth:`render` takes them."""
+        from crab.physics.events import EVENT_KIND_DIRECT, EVENT_KIND_WAFER, EventTable
+
+        t = np.asarray(t_samples, dtype=np.float64)
+        c2 = np.asarray(c2, dtype=np.float64)
+        n = t.size
+        return EventTable(
+            time_s=t / float(sampling_rate_hz),
+            detector=np.full(n, detector),
+            charge_z=np.zeros(n),
+            energy_kev=c2 if self.linear else np.full(n, np.nan),
+            kind=np.full(n, EVENT_KIND_WAFER if self.kind == "wafer" else EVENT_KIND_DIRECT),
+            amplitude=c2 * self.peak_per_kev(),
+            sample=np.floor(t),
+            wafer=np.full(n, wafer),
+            family=np.full(n, family),
+            tau_s=np.full(n, np.nan) if self.linear else tau_s,
+        )
+
+    def render_truth(self, events, first_sample: int, n_samples: int, sampling_rate_hz: float) -> np.ndarray:
+        """The signal (float64) of truth rows made by :meth:`truth` on ``[first_sample, first_sample + n_samples)``."""
+        fs = float(sampling_rate_hz)
+        c2 = events.energy_kev if self.linear else events.amplitude
+        return self.render(first_sample, n_samples, events.time_s * fs, c2, events.tau_s, fs)
 
     def max_tau_s(self) -> float:
         """Longest time constant of the population (s)."""

@@ -185,6 +185,11 @@ class WaferSignal:
                     self._events.pop(next(iter(self._events)))
         return hit
 
+    def truth(self, wafer: int, block: int):
+        """Truth rows of the hits of block ``block`` of wafer ``wafer`` (``detector = -1``; see
+        :meth:`GlitchPopulation.truth`)."""
+        return self.population.truth(*self.events(wafer, block), self.fs, detector=-1, wafer=wafer)
+
     def signal(self, wafer: int, t: int) -> np.ndarray:
         """The common signal of tile ``t`` of wafer ``wafer`` (float64, tile_samples; zeros without hits)."""
         B = self.tile_samples

@@ -12,6 +12,7 @@ from crab.core.errors import InputError
 from crab.models.base import TileSource
 from crab.models.glitch_layer.shapes import lookback_samples
 from crab.models.glitch_layer.wafer import WaferGrouping, WaferSignal
+from crab.physics.events import EVENT_KIND_DIRECT, EVENT_KIND_WAFER
 from crab.physics.noise import NoiseGenerator
 
 #: Key of the events of wafer 0 in the "template_events" stream (wafer ``w``: ``WAFER_KEY + w``):
@@ -117,6 +118,36 @@ class TemplateSource(TileSource):
     def glitches(self, key: int, t: int) -> np.ndarray:
         """The glitch part of tile ``t`` (float64, tile_samples)."""
         return self.direct_signal(key, t) + self.wafer_signal(key, t)
+
+    # ------------------------------------------------------------ truth
+    lists_glitches = True
+
+    def _wafer_index(self, key: int) -> int:
+        return self.grouping.of(key)[0] if self.model.wafer.rate_hz > 0 else -1
+
+    def tile_events(self, key: int, t: int):
+        ev = self._events(key, t)
+        return self.model.direct.truth(ev["t"], ev["c2"], ev["tau_s"], self.sampling_rate_hz, detector=key, wafer=self._wafer_index(key))
+
+    def wafer_events(self, wafer: int, t: int):
+        if self.model.wafer.rate_hz <= 0:
+            return super().wafer_events(wafer, t)
+        return self.wafer.truth(wafer, t)
+
+    def render_events(self, events, key: int, first_sample: int, n_samples: int) -> np.ndarray:
+        fs = self.sampling_rate_hz
+        own = events.select((events.detector == key) & (events.kind == EVENT_KIND_DIRECT))
+        out = self.model.direct.render_truth(own, first_sample, n_samples, fs)
+        w = self._wafer_index(key)
+        if w >= 0:
+            out += self.model.wafer.render_truth(events.select((events.kind == EVENT_KIND_WAFER) & (events.wafer == w)), first_sample, n_samples, fs)
+        return out
+
+    def glitch_signal(self, key: int, t: int) -> np.ndarray:
+        return self.glitches(key, t)
+
+    def glitch_rates_hz(self) -> tuple[float, float]:
+        return float(self.model.direct.rate_hz), float(self.model.wafer.rate_hz)
 
     def tile(self, key: int, t: int) -> np.ndarray:
         B = self.tile_samples

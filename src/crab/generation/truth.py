@@ -1,0 +1,159 @@
+"""The truth of generated TOD: where every glitch the generator placed is, how large, of which kind.
+
+A tile source lists the glitches it places (:meth:`crab.models.base.TileSource.tile_events`:
+a detector's own hits whose hit sample lies in a tile; :meth:`~crab.models.base.TileSource.wafer_events`:
+the hits of a wafer).  :class:`RunTruth` turns them into the ``/events`` table of a run,
+chunk by chunk, with the Monte Carlo's columns and meaning
+(:class:`crab.physics.events.EventTable`): ``detector`` is the row of the
+detector in the run (``-1`` for a wafer hit, listed once per wafer), ``time_s``
+the hit time from sample 0 of the stream (s), ``amplitude`` the peak height in
+the TOD's units.
+
+A chunk lists the hits whose hit sample lies in it, sorted by (time,
+kind, detector, wafer, family): the table of a run is the same, row for row,
+for any chunking, worker count, ``start`` offset of a longer run or MPI
+layout, since every hit belongs to exactly one tile and every tile's hits
+depend only on (seed, key or wafer, tile).  A slice ``[start, stop)`` lists
+the hits inside it; the tails of earlier hits (and, for a pulse that starts
+before its hit sample, the fronts of later ones) reach into it unlisted.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from crab.physics.events import EventTable
+
+#: Bytes of one generated ``/events`` row (the Monte Carlo's 23 plus amplitude, sample, wafer, family, tau_s).
+GENERATED_ROW_BYTES = 23 + 8 + 8 + 8 + 2 + 8
+
+
+class RunTruth:
+    """The truth table of one generation run, chunk by chunk.
+
+    Parameters
+    ----------
+    generator : crab.generation.engine.TodGenerator
+    detectors : int or sequence of int
+        The run's detectors (a count or keys), as given to the generator.
+
+    Attributes
+    ----------
+    recorded : bool
+        Whether the method lists its glitches (a joint-detector GAN does not; a
+        GAN without additive glitches lists only its wafer hits: ``complete`` is
+        then False).
+    complete : bool
+        Whether every glitch placed is listed.
+    columns : list of str
+        The columns of the table.
+    """
+
+    def __init__(self, generator, detectors: int | Sequence[int]) -> None:
+        self.source = generator.source
+        self.fs = float(generator.sampling_rate_hz)
+        rows = generator._rows(detectors)
+        self.keys = [k for k, _ in rows]
+        self.single = self.source.rows == 1
+        wafers = [self.source.wafer_of(k) for k in self.keys] if self.single else []
+        self.wafers = list(dict.fromkeys(w[0] for w in wafers if w is not None))
+        self.complete = self.single and bool(self.source.lists_glitches)
+        self.recorded = self.complete or bool(self.wafers)
+        self.columns = ["time_s", "detector", "charge_z", "energy_kev", "kind", "amplitude", "sample", "wafer", "family", "tau_s"]
+        self._cache: dict[tuple[str, int, int], EventTable] = {}
+
+    def describe(self) -> dict:
+        """What the table holds (for the run record)."""
+        if not self.recorded:
+            return {"recorded": False, "why": "the method does not list its glitches (a joint-detector model)"}
+        note = "every glitch placed" if self.complete else "the wafer hits only (the network's own glitches are not listed)"
+        return {"recorded": True, "complete": self.complete, "lists": note, "detector": "row in the file; -1: a wafer hit (see wafer)"}
+
+    def _tile(self, kind: str, who: int, t: int) -> EventTable:
+        hit = self._cache.get((kind, who, t))
+        if hit is None:
+            hit = self.source.tile_events(who, t) if kind == "det" else self.source.wafer_events(who, t)
+            self._cache[(kind, who, t)] = hit = hit if hit is not None else EventTable()
+        return hit
+
+    def chunk(self, first_sample: int, n_samples: int) -> EventTable:
+        """The hits whose hit sample lies in ``[first_sample, first_sample + n_samples)``, sorted."""
+        if not self.recorded or n_samples <= 0:
+            return EventTable()
+        T = int(self.source.tile_samples)
+        a, b = int(first_sample), int(first_sample) + int(n_samples)
+        tiles = range(a // T, (b - 1) // T + 1)
+        self._cache = {k: v for k, v in self._cache.items() if k[2] >= tiles[0]}  # tiles behind the chunk are done
+        parts = []
+        for t in tiles:
+            if self.complete:
+                for row, key in enumerate(self.keys):
+                    ev = self._tile("det", key, t)
+                    if len(ev):
+                        ev = ev.select((ev.sample >= a) & (ev.sample < b))
+                        ev.detector[:] = row
+                        parts.append(ev)
+            for w in self.wafers:
+                ev = self._tile("wafer", w, t)
+                if len(ev):
+                    parts.append(ev.select((ev.sample >= a) & (ev.sample < b)))
+        table = EventTable.concatenate(parts)
+        order = np.lexsort((table.family, table.wafer, table.detector, table.kind, table.time_s))
+        return table.select(order)
+
+    def iter_chunks(self, start_sample: int, n_samples: int, chunk_samples: int) -> Iterator[tuple[int, EventTable]]:
+        """``(first_sample, table)`` for the chunks of ``[start_sample, start_sample + n_samples)``."""
+        for c0 in range(int(start_sample), int(start_sample) + int(n_samples), int(chunk_samples)):
+            yield c0, self.chunk(c0, min(int(chunk_samples), int(start_sample) + int(n_samples) - c0))
+
+    def expected_rows(self, n_samples: int) -> int:
+        """Rows a run of ``n_samples`` is expected to list (for the disk-space check)."""
+        det_hz, wafer_hz = self.source.glitch_rates_hz()
+        n_s = int(n_samples) / self.fs
+        return int((det_hz * len(self.keys) * self.complete + wafer_hz * len(self.wafers)) * n_s * 1.2) + 100
+
+
+def write_truth(f, truth: RunTruth, start_sample: int, n_samples: int, chunk_samples: int) -> None:
+    """Write the ``/events`` table of a run into the open HDF5 file ``f``, chunk by chunk (the MPI
+    file's rank 0 does this once the parts are written: the rows do not depend on the layout)."""
+    from crab.io.tod import append_events, set_events_note
+
+    append_events(f, EventTable(), truth.columns)
+    set_events_note(f, truth.describe())
+    for _, table in truth.iter_chunks(start_sample, n_samples, chunk_samples):
+        append_events(f, table, truth.columns)
+
+
+def glitch_signal(generator, detector_keys: Sequence[int], start_sample: int, n_samples: int) -> np.ndarray | None:
+    """The glitch part of the generated TOD, float64 ``(len(detector_keys), n_samples)``: every listed
+    glitch's pulse (:meth:`crab.models.base.TileSource.glitch_signal`, rendered from the truth rows),
+    the wafer's included, on samples ``[start_sample, start_sample + n_samples)``; None when the
+    method does not list its glitches.  What a flag of "a glitch above x" is made from
+    (:func:`glitch_flags`)."""
+    src = generator.source
+    if src.rows != 1 or not src.lists_glitches:
+        return None
+    T = int(src.tile_samples)
+    a, b = int(start_sample), int(start_sample) + int(n_samples)
+    out = np.zeros((len(detector_keys), max(0, b - a)))
+    if b <= a:
+        return out
+    for i, key in enumerate(detector_keys):
+        for t in range(a // T, (b - 1) // T + 1):
+            lo, hi = max(a, t * T), min(b, (t + 1) * T)
+            out[i, lo - a : hi - a] = src.glitch_signal(int(key), t)[lo - t * T : hi - t * T]
+    return out
+
+
+def glitch_flags(generator, detector_keys: Sequence[int], start_sample: int, n_samples: int, threshold: float) -> np.ndarray | None:
+    """Boolean ``(len(detector_keys), n_samples)``: where the generated glitch signal (:func:`glitch_signal`,
+    TOD units) exceeds ``threshold`` (TOD units, > 0; e.g. a fraction of the noise RMS) in magnitude;
+    None when the method does not list its glitches."""
+    if not (np.isfinite(threshold) and threshold > 0):
+        from crab.core.errors import InputError
+
+        raise InputError(f"the flag threshold must be a positive number in TOD units, got {threshold!r}")
+    sig = glitch_signal(generator, detector_keys, start_sample, n_samples)
+    return None if sig is None else np.abs(sig) > float(threshold)

@@ -1,0 +1,123 @@
+"""The truth of the GAN's additive glitches: which latent made a glitch, where, how large.
+
+A generator with additive glitches (:class:`crab.models.gan.network.AdditiveGlitches`)
+places each glitch explicitly: an event latent ``|z| > threshold`` of event
+channel ``c`` at full-rate sample ``e`` adds ``s A K_c(p)`` to the TOD, with
+``s`` the amplitude transform's linear scale (TOD units), ``A`` the channel's
+Pareto amplitude of ``z``, ``p`` the sub-sample phase and ``K_c(p) = K_c0 + p K_c1
++ p^2 K_c2`` the channel's pulse, tap ``i`` on sample ``e - h + i``.  A truth row
+records the hit at ``time_s = (e + p) / f_s``, ``sample = e``, ``family = c`` and
+``amplitude`` = the pulse's value of largest magnitude (its peak, TOD units);
+the pulse is rendered back as ``amplitude K_c(p) / peak(K_c(p))``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from crab.models.gan.latent import latent_sequence
+from crab.physics.events import EVENT_KIND_DIRECT, EventTable
+
+
+class AdditiveGlitchTruth:
+    """Truth rows and rendering of the additive glitches of a one-detector streaming generator.
+
+    Parameters
+    ----------
+    generator : crab.models.gan.network.Generator
+        With additive glitches (``generator.additive`` not None), one detector per run.
+    scale : float
+        The amplitude transform's linear scale ``s`` (TOD units).
+    sampling_rate_hz : float
+    tile_latents : int
+        Latent steps per tile.
+    """
+
+    def __init__(self, generator, scale: float, sampling_rate_hz: float, tile_latents: int) -> None:
+        import torch
+
+        cfg = generator.cfg
+        self.gen = generator
+        self.module = generator.additive
+        self.scale = float(scale)
+        self.fs = float(sampling_rate_hz)
+        self.tile_latents = int(tile_latents)
+        self.f = int(cfg.upsample_factor)
+        self.latent_dim = int(generator.input_latent_dim)
+        self.noise_dim = int(cfg.noise_dim)
+        self.n_events = int(cfg.event_channels)
+        with torch.no_grad():
+            w = self.module.pulse_weight().detach().to(torch.float32)
+            self.kernels = w.reshape(self.n_events, self.module.n_basis, -1).flip(2).numpy().astype(np.float64)  # time order
+        self.half = self.kernels.shape[2] // 2
+
+    def _pulses(self, family: np.ndarray, phase: np.ndarray) -> np.ndarray:
+        """``K_c(p)`` of each event (events, taps), float64."""
+        k = self.kernels[family]
+        out = k[:, 0].copy()
+        if k.shape[1] > 1:
+            p = phase[:, None]
+            out += p * k[:, 1] + p * p * k[:, 2]
+        return out
+
+    @staticmethod
+    def _peak(pulses: np.ndarray) -> np.ndarray:
+        """The value of largest magnitude of each pulse."""
+        return pulses[np.arange(len(pulses)), np.argmax(np.abs(pulses), axis=1)] if len(pulses) else np.zeros(0)
+
+    def tile_events(self, key_stream: np.ndarray, t: int, *, detector: int, wafer: int) -> EventTable:
+        """The glitches whose hit sample lies in tile ``t`` of the detector with latent key ``key_stream``."""
+        import torch
+
+        from crab.models.gan.network import event_phase
+
+        TL, f = self.tile_latents, self.f
+        z = latent_sequence(key_stream, t * TL, TL, self.latent_dim)
+        n_noise = self.noise_dim // f
+        full = z[:, self.latent_dim - self.noise_dim :].reshape(TL, n_noise, f).transpose(0, 2, 1).reshape(TL * f, n_noise)
+        ev = full[:, n_noise - self.n_events :]
+        pos, ch = np.nonzero(np.abs(ev) > self.module.threshold)
+        value = torch.from_numpy(np.ascontiguousarray(ev[pos, ch]))
+        with torch.no_grad():
+            amp = self.module.amplitudes(value, self.gen.log_amplitude_cap, torch.from_numpy(ch)).numpy().astype(np.float64)
+            phase = event_phase(torch.from_numpy(np.ascontiguousarray(full[pos, 0]))).numpy().astype(np.float64) if self.module.subsample else np.zeros(len(pos))
+        peak = self._peak(self._pulses(ch, phase))
+        sample = t * TL * f + pos.astype(np.int64)
+        n = len(pos)
+        return EventTable(
+            time_s=(sample + phase) / self.fs,
+            detector=np.full(n, detector),
+            charge_z=np.zeros(n),
+            energy_kev=np.full(n, np.nan),
+            kind=np.full(n, EVENT_KIND_DIRECT),
+            amplitude=self.scale * amp * peak,
+            sample=sample,
+            wafer=np.full(n, wafer),
+            family=ch,
+            tau_s=np.full(n, np.nan),
+        )
+
+    def render(self, events: EventTable, first_sample: int, n_samples: int) -> np.ndarray:
+        """The pulses (float64, ``n_samples``) of the rows ``events`` on ``[first_sample, first_sample + n_samples)``."""
+        out = np.zeros(int(n_samples) + self.kernels.shape[2])
+        if not len(events):
+            return out[: int(n_samples)]
+        phase = events.time_s * self.fs - events.sample
+        pulses = self._pulses(events.family.astype(np.int64), phase)
+        peak = self._peak(pulses)
+        safe = np.where(peak != 0, peak, 1.0)
+        y = np.where(peak[:, None] != 0, events.amplitude[:, None] * pulses / safe[:, None], 0.0)
+        idx = (events.sample - self.half - int(first_sample))[:, None] + np.arange(pulses.shape[1])[None, :]
+        keep = (idx >= 0) & (idx < n_samples)
+        return np.bincount(idx[keep], weights=y[keep], minlength=int(n_samples))[: int(n_samples)]
+
+    @property
+    def reach_samples(self) -> int:
+        """Samples a pulse reaches before and after its hit sample."""
+        return self.half + 1
+
+    def rate_hz(self) -> float:
+        """Expected glitches per second of one detector: ``2 P(Z > threshold) * channels * f_s``."""
+        from math import erfc, sqrt
+
+        return erfc(self.module.threshold / sqrt(2.0)) * self.n_events * self.fs
