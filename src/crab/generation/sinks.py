@@ -142,7 +142,8 @@ class Hdf5FileSink(Sink):
             def write(first_sample: int, chunk: np.ndarray) -> None:
                 w.write(chunk)
                 if truth is not None:
-                    w.append_events(truth.chunk(first_sample, chunk.shape[1]), truth.columns)
+                    for table in truth.pieces(first_sample, chunk.shape[1]):
+                        w.append_events(table, truth.columns)
 
             try:
                 if truth is not None:

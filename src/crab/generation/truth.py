@@ -78,35 +78,35 @@ class RunTruth:
             self._cache[(kind, who, t)] = hit = hit if hit is not None else EventTable()
         return hit
 
-    def chunk(self, first_sample: int, n_samples: int) -> EventTable:
-        """The hits whose hit sample lies in ``[first_sample, first_sample + n_samples)``, sorted."""
+    def pieces(self, first_sample: int, n_samples: int) -> Iterator[EventTable]:
+        """The hits whose hit sample lies in ``[first_sample, first_sample + n_samples)``, sorted, one
+        tile at a time (memory: one tile's hits of every detector, whatever the span)."""
         if not self.recorded or n_samples <= 0:
-            return EventTable()
+            return
         T = int(self.source.tile_samples)
         a, b = int(first_sample), int(first_sample) + int(n_samples)
-        tiles = range(a // T, (b - 1) // T + 1)
-        self._cache = {k: v for k, v in self._cache.items() if k[2] >= tiles[0]}  # tiles behind the chunk are done
-        parts = []
-        for t in tiles:
+        for t in range(a // T, (b - 1) // T + 1):
+            self._cache = {k: v for k, v in self._cache.items() if k[2] >= t}  # tiles behind are done
+            lo, hi = max(a, t * T), min(b, (t + 1) * T)
+            parts = []
             if self.complete:
                 for row, key in enumerate(self.keys):
                     ev = self._tile("det", key, t)
                     if len(ev):
-                        ev = ev.select((ev.sample >= a) & (ev.sample < b))
+                        ev = ev.select((ev.sample >= lo) & (ev.sample < hi))
                         ev.detector[:] = row
                         parts.append(ev)
             for w in self.wafers:
                 ev = self._tile("wafer", w, t)
                 if len(ev):
-                    parts.append(ev.select((ev.sample >= a) & (ev.sample < b)))
-        table = EventTable.concatenate(parts)
-        order = np.lexsort((table.family, table.wafer, table.detector, table.kind, table.time_s))
-        return table.select(order)
+                    parts.append(ev.select((ev.sample >= lo) & (ev.sample < hi)))
+            table = EventTable.concatenate(parts)
+            # tiles are consecutive spans of samples, so sorting within each keeps the whole in time order
+            yield table.select(np.lexsort((table.family, table.wafer, table.detector, table.kind, table.time_s)))
 
-    def iter_chunks(self, start_sample: int, n_samples: int, chunk_samples: int) -> Iterator[tuple[int, EventTable]]:
-        """``(first_sample, table)`` for the chunks of ``[start_sample, start_sample + n_samples)``."""
-        for c0 in range(int(start_sample), int(start_sample) + int(n_samples), int(chunk_samples)):
-            yield c0, self.chunk(c0, min(int(chunk_samples), int(start_sample) + int(n_samples) - c0))
+    def chunk(self, first_sample: int, n_samples: int) -> EventTable:
+        """The hits whose hit sample lies in ``[first_sample, first_sample + n_samples)``, sorted, as one table."""
+        return EventTable.concatenate(list(self.pieces(first_sample, n_samples)))
 
     def expected_rows(self, n_samples: int) -> int:
         """Rows a run of ``n_samples`` is expected to list (for the disk-space check)."""
@@ -115,14 +115,14 @@ class RunTruth:
         return int((det_hz * len(self.keys) * self.complete + wafer_hz * len(self.wafers)) * n_s * 1.2) + 100
 
 
-def write_truth(f, truth: RunTruth, start_sample: int, n_samples: int, chunk_samples: int) -> None:
-    """Write the ``/events`` table of a run into the open HDF5 file ``f``, chunk by chunk (the MPI
+def write_truth(f, truth: RunTruth, start_sample: int, n_samples: int) -> None:
+    """Write the ``/events`` table of a run into the open HDF5 file ``f``, tile by tile (the MPI
     file's rank 0 does this once the parts are written: the rows do not depend on the layout)."""
     from crab.io.tod import append_events, set_events_note
 
     append_events(f, EventTable(), truth.columns)
     set_events_note(f, truth.describe())
-    for _, table in truth.iter_chunks(start_sample, n_samples, chunk_samples):
+    for table in truth.pieces(start_sample, n_samples):
         append_events(f, table, truth.columns)
 
 

@@ -159,7 +159,8 @@ def append_events(f: h5py.File, events: EventTable, columns: Sequence[str] | Non
         g = f.create_group("events")
         g.attrs["kind_labels"] = json.dumps({str(k): v for k, v in EVENT_KIND_LABELS.items()})
         for name in columns or (*_EVENT_COLUMNS, *_OPTIONAL_COLUMNS):
-            g.create_dataset(name, shape=(0,), maxshape=(None,), dtype=getattr(events, name).dtype, chunks=(1 << 14,))
+            # shuffle + light gzip: the constant and small-integer columns shrink to almost nothing
+            g.create_dataset(name, shape=(0,), maxshape=(None,), dtype=getattr(events, name).dtype, chunks=(1 << 14,), shuffle=True, compression="gzip", compression_opts=1)
     n = len(events)
     if not n:
         return

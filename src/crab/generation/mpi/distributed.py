@@ -90,7 +90,7 @@ def generate_distributed(
         run_truth = RunTruth(gen, keys)
         if run_truth.recorded:
             def finish_file(f) -> None:
-                write_truth(f, run_truth, start_sample, n_samples, chunk_samples)
+                write_truth(f, run_truth, start_sample, n_samples)
 
     if comm is not None:
         comm.Barrier()
