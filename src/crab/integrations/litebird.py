@@ -22,7 +22,9 @@ from there.  The generator (:mod:`crab.generation.engine`) is slice-exact: the v
 at (key, absolute index) does not depend on what else is computed.  Hence the
 result is the same whether an observation is split across MPI processes by
 detector or by time (``n_blocks_det``, ``n_blocks_time``), whether the mission is
-cut into one or many observations, and whatever the chunking.
+cut into one or many observations, and whatever the chunking.  These
+conventions, and the injection itself, are :mod:`crab.integrations.injection`'s,
+shared with the TOAST operator (:mod:`crab.integrations.toast_operator`).
 
 Start times off the sample grid: if ``t0 * f_s`` is not an integer, the
 realisation is that of the nearest absolute grid index, placed on the
@@ -47,25 +49,23 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from crab.core import rng
 from crab.core.errors import InputError
+from crab.integrations.injection import (  # noqa: F401 - re-exported: this module's API before the shared one
+    SliceGenerator,
+    absolute_start_sample,
+    add_generated,
+    detector_keys,
+    make_source,
+)
 
 #: Physical constants (SI) for :func:`kcmb_per_pw`.
 _H = 6.62607015e-34
 _K_B = 1.380649e-23
 T_CMB_K = 2.72548
-
-
-class SliceGenerator(Protocol):
-    """What the bridge needs of a generator: slice-exact TOD for detector keys and absolute samples."""
-
-    def generate(self, detector_keys: Sequence[int], start_sample: int, n_samples: int) -> np.ndarray:
-        """float32 ``(len(detector_keys), n_samples)`` in pW, samples ``[start_sample, start_sample + n_samples)``."""
-        ...
 
 
 @dataclass
@@ -147,94 +147,13 @@ def kcmb_per_pw(bandcenter_ghz: float, bandwidth_ghz: float, optical_efficiency:
     return 1e-12 / dpdt_w_per_k
 
 
-def absolute_start_sample(start_time_s: float, sampling_rate_hz: float) -> int:
-    """Absolute index of a sample at ``start_time_s``: ``round(start_time_s * sampling_rate_hz)``."""
-    t = float(start_time_s)
-    fs = float(sampling_rate_hz)
-    if not (np.isfinite(t) and np.isfinite(fs) and fs > 0):
-        raise InputError(f"need a finite start time and a positive sampling rate, got {start_time_s!r} s, {sampling_rate_hz!r} Hz")
-    n = int(np.rint(t * fs))
-    if n < 0:
-        raise InputError(f"start time {t} s is before 0 s: CRAB keys glitches on non-negative absolute times; shift the clock")
-    return n
-
-
-def detector_keys(names: Iterable[str]) -> list[int]:
-    """Random-stream keys of detector names (:func:`crab.core.rng.detector_key`)."""
-    return [rng.detector_key(str(n)) for n in names]
-
-
-def make_source(model: Any, seed: int, sampling_rate_hz: float, *, n_workers: int | None = None, cond: Any = None, allow_extrapolation: bool = False) -> SliceGenerator:
-    """A slice-exact generator for ``model`` with ``seed`` at ``sampling_rate_hz``.
-
-    ``model`` may be
-
-    * a stored model (path, loaded by :func:`crab.models.registry.load_generation_model`)
-      or a loaded one (:class:`crab.models.base.GenerativeModel`): wrapped in
-      :class:`crab.generation.TodGenerator` ``(model, seed, n_workers=n_workers, cond=cond)``;
-    * a ready generator with ``generate(detector_keys, start_sample, n_samples)``
-      (a :class:`~crab.generation.TodGenerator`, or ``generate_many`` like
-      :class:`crab.physics.noise.NoiseGenerator`): it carries its own seed, which must
-      equal ``seed``;
-    * a callable ``model(seed, sampling_rate_hz) -> generator`` (a factory).
-
-    Raises
-    ------
-    InputError
-        The generator's seed or sampling rate differs from the one asked.
-    """
-    seed = rng.check_seed(seed)
-    if isinstance(model, (str, os.PathLike)):
-        from crab.models.registry import load_generation_model  # noqa: PLC0415 - torch is imported only when a GAN is used
-
-        model = load_generation_model(model)
-    if hasattr(model, "generate_many") or hasattr(model, "generate"):
-        source = model
-        own = getattr(model, "seed", None)
-        if own is not None and int(own) != seed:
-            raise InputError(f"the generator passed as model was built with seed {own}, but seed {seed} was asked")
-    elif callable(model):
-        source = model(seed, sampling_rate_hz)
-    else:
-        from crab.generation import TodGenerator  # noqa: PLC0415
-
-        options = {k: v for k, v in (("cond", cond), ("allow_extrapolation", allow_extrapolation or None)) if v is not None}
-        source = TodGenerator(model, seed, n_workers=n_workers, **options)
-    rate = getattr(source, "output_rate_hz", getattr(source, "sampling_rate_hz", None))
-    if rate is not None and not np.isclose(float(rate), float(sampling_rate_hz), rtol=1e-9, atol=0):
-        raise InputError(f"the model generates {float(rate):g} Hz TOD, but the TOD is sampled at {float(sampling_rate_hz):g} Hz; use a model trained at that rate")
-    return source
-
-
-def _generate(source: Any, keys: Sequence[int], start: int, n: int) -> np.ndarray:
-    if hasattr(source, "generate_many"):
-        out = source.generate_many(list(keys), start, n)
-    else:
-        out = source.generate(list(keys), start, n)
-    out = np.asarray(out)
-    if out.shape != (len(keys), n):
-        raise InputError(f"generator returned shape {out.shape}, expected ({len(keys)}, {n})")
-    return out
-
-
 def _add_block(tod: np.ndarray, names: Sequence[str], source: Any, abs_start: int, params: CosmicRayParams, wafers: Sequence[str] | None = None) -> None:
     """Add the generated TOD of ``names`` at absolute samples ``abs_start...`` to ``tod`` in place, chunk by chunk
-    (``wafers``: the wafer name of each detector, or None)."""
+    (``wafers``: the wafer name of each detector, or None); :func:`crab.integrations.injection.add_generated`."""
     if tod.ndim != 2 or tod.shape[0] != len(names):
         raise InputError(f"TOD must have shape ({len(names)}, n_samples) for {len(names)} detectors, got {tod.shape}")
-    if not np.issubdtype(tod.dtype, np.floating):
-        raise InputError(f"TOD must be a floating-point array, got {tod.dtype}")
-    keys = detector_keys(names)
-    if wafers is not None and hasattr(source, "assign_wafers"):
-        from crab.models.glitch_layer.wafer import WaferGrouping  # noqa: PLC0415
-
-        source.assign_wafers(WaferGrouping.by_name(keys, [str(w) for w in wafers]))
-    factors = np.array([params.factor_for(str(n)) for n in names], dtype=np.float64)[:, None]
-    n_samples = tod.shape[1]
-    for s in range(0, n_samples, params.chunk_samples):
-        n = min(params.chunk_samples, n_samples - s)
-        glitches = _generate(source, keys, abs_start + s, n).astype(np.float64)
-        tod[:, s : s + n] += (glitches * factors).astype(tod.dtype)
+    factors = [params.factor_for(str(n)) for n in names]
+    add_generated(tod, detector_keys(names), source, abs_start, factors, wafers=wafers, chunk_samples=params.chunk_samples)
 
 
 # --------------------------------------------------------------------------- numpy layer
