@@ -211,4 +211,21 @@ def write_plots(result: ValidationResult, out_dir: Path) -> list[Path]:
         ax_.set_title(f"{label}: detector 0, first {x.size / fs:.0f} s", fontsize=9, loc="left")
     axs[-1, 0].set_xlabel("time (s)")
     save(fig, "tod_examples")
+
+    det = result.detection
+    if det:
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        curves = ([("reference" if not others else f"references (K={1 + len(others)}, pooled)", det["reference"], "k")] if det.get("reference") else [])
+        curves += [(n, det["sets"][n], colors.get(n, "C0")) for n in det.get("sets", {})]
+        for i, (label, c, col) in enumerate(curves):
+            e = np.asarray(c["edges_sigma"], dtype=float)
+            x = np.sqrt(e[:-1] * np.where(np.isfinite(e[1:]), e[1:], 2 * e[:-1])).clip(min=1.0) * (1 + 0.03 * i)
+            ax.errorbar(x, c["efficiency"], yerr=c["error"], marker="o", ms=4, capsize=2, color=col, label=f"{label} ({c['n_hits']} direct hits)")
+        ax.set_xscale("log")
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("height of the hit in the TOD (noise sigma)")
+        ax.set_ylabel("fraction found by the glitch finder")
+        ax.set_title("Detection efficiency against the truth table")
+        ax.legend(fontsize=7)
+        save(fig, "detection_efficiency")
     return out

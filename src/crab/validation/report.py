@@ -233,6 +233,28 @@ def _set_tables(result: ValidationResult, s) -> list[str]:
     return L
 
 
+def _detection_table(result: ValidationResult) -> list[str]:
+    """The glitch finder's efficiency against the truth tables (:mod:`crab.validation.detection`)."""
+    det = result.detection
+    if not det:
+        return []
+    from crab.validation.detection import bin_labels
+
+    curves = ([("reference" if result.n_references == 1 else f"references (pooled, K={result.n_references})", det["reference"])] if det.get("reference") else [])
+    curves += list(det.get("sets", {}).items())
+    L = ["## Detection efficiency against the truth\n",
+         "Fraction of the direct hits of each truth table that the glitch finder finds, by the hit's height in the TOD "
+         "(noise sigma); found / listed per bin. Sets without a truth table are not shown (see `crab.validation.detection`).\n"]
+    labels = bin_labels(curves[0][1]["edges_sigma"])
+    L.append("| set | " + " | ".join(labels) + " |")
+    L.append("|---|" + "---|" * len(labels))
+    for name, c in curves:
+        cells = [f"{e:.2f} ({f}/{n})" if n else "-" for e, f, n in zip(c["efficiency"], c["found"], c["listed"])]
+        L.append(f"| {name} | " + " | ".join(cells) + " |")
+    L.append("")
+    return L
+
+
 def markdown(result: ValidationResult, figures: list[Path] | None = None) -> str:
     """The whole report as Markdown text."""
     cfg = result.config
@@ -265,6 +287,8 @@ def markdown(result: ValidationResult, figures: list[Path] | None = None) -> str
         L.append(f"## Set `{name}`\n")
         L.append(f"File `{s.path}` ({s.kind}), {fmt(s.duration_s)} s x {s.n_detectors} detectors; seam period {s.seam_period_samples} samples, phase {s.seam_phase_samples} ({s.seam_period_source}).\n")
         L.extend(_set_tables(result, s))
+
+    L.extend(_detection_table(result))
 
     L.append("## Metrics and thresholds\n")
     first = next(iter(result.sets.values()), None)

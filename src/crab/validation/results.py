@@ -272,6 +272,10 @@ class ValidationResult:
         Every reference (K >= 1), as ``reference``.
     floor_pairs : list of (int, int)
         The MC-vs-MC comparisons of the floor (K >= 2; empty for one reference, whose floor is its halves).
+    detection : dict
+        Efficiency of the glitch finder against the truth, by height
+        (:mod:`crab.validation.detection`): ``"reference"`` (the references pooled), ``"sets"``
+        ``{name: curve}`` for the sets with a truth table; empty when no file has one.
     """
 
     config: ValidationConfig
@@ -284,6 +288,7 @@ class ValidationResult:
     plot_data: dict[str, Any] = field(default_factory=dict, repr=False)
     references: list[dict[str, Any]] = field(default_factory=list)
     floor_pairs: list[tuple[int, int]] = field(default_factory=list)
+    detection: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_references(self) -> int:
@@ -417,6 +422,7 @@ class ValidationResult:
             "key_metrics": self.key_metrics(),
             "warnings": self.warnings,
             "elapsed_s": self.elapsed_s,
+            "detection_efficiency": jsonable(self.detection),
         }
 
 

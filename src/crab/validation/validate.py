@@ -72,6 +72,7 @@ from crab.core.paths import check_output_dir
 from crab.core.progress import bar
 from crab.io.tod import TodFile
 from crab.validation.config import ValidationConfig
+from crab.validation.detection import detection_efficiency, mean_efficiency
 from crab.validation.inputs import load_inputs
 from crab.validation.multi_reference import n_steps, validate_references
 from crab.validation.outputs import REPORT_FILES, REPORT_MARKER, write_outputs
@@ -156,11 +157,26 @@ def validate(
             result = _validate_one(refs[0], syns, train, cfg, warns, pb)
         else:
             result = validate_references(refs, syns, train, cfg, warns, pb)
+    result.detection = detection_summary(refs, syns, cfg)
     result.elapsed_s = time.time() - t0
     if out_dir is not None:
         write_outputs(result, Path(out_dir), plots=plots)
         result.elapsed_s = time.time() - t0
     return result
+
+
+def detection_summary(refs: Sequence[TodFile], syns: Mapping[str, TodFile], cfg: ValidationConfig) -> dict[str, Any]:
+    """The glitch finder's efficiency against the truth (:mod:`crab.validation.detection`) of the
+    references (pooled) and of every set with a truth table; empty when none has one."""
+
+    def curve(f: TodFile):
+        return detection_efficiency(f.tod, f.events, f.meta.sampling_rate_hz, float(f.meta.start_time_s or 0.0), cfg.detector)
+
+    ref = mean_efficiency([curve(r) for r in refs])
+    sets = {name: c for name, s in syns.items() if (c := curve(s)) is not None}
+    if ref is None and not sets:
+        return {}
+    return {"reference": ref, "sets": sets}
 
 
 def _validate_one(ref: TodFile, syns: dict[str, TodFile], train: TodFile | None, cfg: ValidationConfig, warns: list[str], pb) -> ValidationResult:
