@@ -256,3 +256,53 @@ def test_mpi_split_observations_give_same_glitches(lbs, tmp_path):
 
 def test_detector_keys_are_name_keys():
     assert cl.detector_keys(NAMES) == [rng.detector_key(n) for n in NAMES]
+
+
+def test_flags_of_a_plain_array_and_of_observations(tmp_path):
+    """add_cosmic_rays marks `flags` where the glitch signal (truth table) exceeds the threshold; a model that does
+    not list its glitches, or flags without a threshold, is refused."""
+    from crab.generation import TodGenerator
+    from crab.generation.truth import glitch_flags
+    from crab.models.glitch_layer.population import GlitchPopulation
+    from crab.models.glitch_layer.shapes import QUANTILE_P
+    from crab.models.template.model import TemplateModel
+    from crab.physics.noise import NoiseParams
+
+    q = len(QUANTILE_P)
+    model = TemplateModel(sampling_rate_hz=FS, noise_params=NoiseParams(white_asd=0.0, f_knee_hz=0.0),
+                          direct=GlitchPopulation("direct", 0.2, list(np.geomspace(0.05, 5.0, q)), list(np.geomspace(0.05, 0.5, q))),
+                          wafer=GlitchPopulation("wafer"))
+    n = 30000
+    tod = np.zeros((len(NAMES), n), np.float32)
+    flags = np.zeros((len(NAMES), n), np.uint16)
+    cl.add_cosmic_rays(tod, FS, 100.0, NAMES, model, SEED, params=cl.CosmicRayParams(conversion_factor=2.0, flag_threshold=0.4, flag_mask=8), flags=flags)
+    want = glitch_flags(TodGenerator(model, SEED), cl.detector_keys(NAMES), round(100.0 * FS), n, 0.2)
+    assert want.any() and np.array_equal(flags == 8, want) and set(np.unique(flags)) == {0, 8}
+    # noise off: the flags are where the added TOD exceeds the threshold, nothing else
+    assert not np.any((flags > 0) & (np.abs(tod) < 0.399)) and not np.any((flags == 0) & (np.abs(tod) > 0.401))
+    with pytest.raises(InputError, match="flag_threshold"):
+        cl.add_cosmic_rays(tod, FS, 100.0, NAMES, model, SEED, flags=flags)
+    from crab.physics.noise import NoiseGenerator
+
+    noise_only = NoiseGenerator(NoiseParams(white_asd=0.01), FS, seed=SEED, stream="template_noise")
+    with pytest.raises(InputError, match="lists its glitches"):
+        cl.add_cosmic_rays(tod, FS, 100.0, NAMES, noise_only, SEED, params=cl.CosmicRayParams(flag_threshold=0.4), flags=flags)
+
+
+def test_observation_flags_are_created_and_marked(lbs, tmp_path):
+    from crab.models.glitch_layer.population import GlitchPopulation
+    from crab.models.glitch_layer.shapes import QUANTILE_P
+    from crab.models.template.model import TemplateModel
+    from crab.physics.noise import NoiseParams
+
+    q = len(QUANTILE_P)
+    model = TemplateModel(sampling_rate_hz=FS, noise_params=NoiseParams(white_asd=0.0, f_knee_hz=0.0),
+                          direct=GlitchPopulation("direct", 0.2, list(np.geomspace(0.05, 5.0, q)), list(np.geomspace(0.05, 0.5, q))),
+                          wafer=GlitchPopulation("wafer"))
+    sim = _simulation(lbs, tmp_path)
+    (obs,) = sim.observations
+    before = obs.tod.copy()
+    cl.apply_cosmic_rays_to_observations(obs, model, cl.CosmicRayParams(flag_threshold=0.3, flag_mask=2), user_seed=SEED)
+    added = obs.tod.astype(np.float64) - before
+    assert obs.local_flags.dtype == np.uint16 and obs.local_flags.shape == obs.tod.shape and obs.local_flags.any()
+    assert not np.any((obs.local_flags == 2) & (np.abs(added) < 0.29)) and not np.any((obs.local_flags == 0) & (np.abs(added) > 0.31))

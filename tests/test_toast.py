@@ -316,3 +316,34 @@ def test_mpi_two_processes_give_the_same_bytes(toast_mod, template_model_path, t
         assert got.keys() == serial.keys(), layout
         for k in serial:
             assert got[k].tobytes() == serial[k].tobytes(), (layout, k)
+
+
+def test_flags_mark_the_generated_glitches_above_threshold(toast_mod, template_model_path):
+    """det_flags gets det_flag_mask exactly where the glitch signal of the truth table exceeds flag_threshold
+    (det_data units, here K with 2 K/pW), other bits untouched; a threshold in other units is an error."""
+    from astropy import units as u
+
+    from crab.generation import TodGenerator
+    from crab.generation.truth import glitch_flags
+    from crab.models.glitch_layer.wafer import WaferGrouping
+    from crab.models.registry import load_generation_model
+
+    wafers = ("A", "A", "B", "B")
+    data = satellite_data(focalplane(wafers=wafers), units=u.K)
+    for ob in data.obs:
+        ob.detdata.ensure("flags", dtype=np.uint8)
+        ob.detdata["flags"].data[:] = 2  # another bit, set before
+    _op(template_model_path, conversion_factor=2.0 * u.K / u.pW, det_flags="flags", det_flag_mask=4, flag_threshold=0.6 * u.K).apply(data)
+    for ob in data.obs:
+        dets = [str(d) for d in ob.local_detectors]
+        keys = [detector_key(d) for d in dets]
+        gen = TodGenerator(load_generation_model(template_model_path), SEED, n_workers=1)
+        gen.assign_wafers(WaferGrouping.by_name(keys, list(wafers)))
+        start = int(round(float(ob.shared["times"].data[0]) * FS))
+        want = glitch_flags(gen, keys, start, ob.n_local_samples, 0.3)  # 0.6 K at 2 K/pW
+        got = ob.detdata["flags"].data
+        assert want.any() and np.array_equal(got & 4 > 0, want) and np.all(got & 2)
+    with pytest.raises(InputError, match="does not convert"):
+        _op(template_model_path, det_flags="flags", flag_threshold=0.3 * u.s).apply(data)
+    with pytest.raises(InputError, match="flag_threshold"):
+        _op(template_model_path, det_flags="flags").apply(data)

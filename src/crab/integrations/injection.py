@@ -19,9 +19,10 @@ used here, so that both give the same bytes for the same detectors and samples:
 
 Hence a bridge's result equals ``TodGenerator(model, seed).generate(keys,
 start_sample, n_samples)`` (``crab generate --start`` for keys ``0 .. n-1``)
-times the conversion factor.  A step that marks the glitches in the
-framework's flags belongs in :func:`add_generated`, beside the addition, so
-that every bridge gets it at once.
+times the conversion factor.  The glitches can also be marked in the
+framework's flags (:func:`add_generated`'s ``flags``: where the glitch signal
+rendered from the truth of the generated glitches exceeds a threshold), so that
+flagging and deglitching codes can be scored.
 """
 
 from __future__ import annotations
@@ -164,6 +165,9 @@ def add_generated(
     spans: Sequence[tuple[int, int]] | None = None,
     wafers: Sequence[str] | None = None,
     chunk_samples: int = DEFAULT_CHUNK_SAMPLES,
+    flags: np.ndarray | None = None,
+    flag_mask: int = 1,
+    flag_threshold: float | None = None,
 ) -> None:
     """Add the generated glitches of detector ``keys`` to ``tod`` in place: the injection path of every bridge.
 
@@ -192,12 +196,23 @@ def add_generated(
         Wafer name of each key (:func:`assign_wafers`).
     chunk_samples : int
         Samples generated at a time (bounds memory; never changes the result).
+    flags : ndarray of unsigned int, shape of ``tod``, optional
+        Flags to mark the glitches in: ``flags[row, j] |= flag_mask`` where the generated
+        glitch signal (:func:`crab.generation.truth.glitch_signal`, rendered from the truth of
+        every glitch placed, the wafer's included) times the factor exceeds ``flag_threshold``
+        in magnitude (``tod`` units; e.g. a fraction of the noise RMS).  Needs a model
+        whose method lists its glitches.
+    flag_mask : int
+        The bit(s) set.
+    flag_threshold : float
+        Needed with ``flags``: positive, ``tod`` units.
 
     Raises
     ------
     InputError
         A TOD that is not a floating-point 2-D array with a row for every key,
-        non-finite factors, or spans outside the TOD.
+        non-finite factors, spans outside the TOD, or flags asked of a generator
+        that does not list its glitches.
     """
     keys = [int(k) for k in keys]
     if tod.ndim != 2:
@@ -221,6 +236,7 @@ def add_generated(
     if not keys:
         return
     assign_wafers(source, keys, wafers)
+    flagger = _flagger(flags, tod.shape, source, flag_mask, flag_threshold)
     spans_ = _check_spans(spans, tod.shape[1])
     if not spans_:
         return
@@ -232,8 +248,35 @@ def add_generated(
             continue
         g0, g1 = parts[0][0], max(b for _, b in parts)
         added = (generate_block(source, keys, abs_start + g0, g1 - g0).astype(np.float64) * scale).astype(tod.dtype)
+        marked = None if flagger is None else flagger(keys, abs_start + g0, g1 - g0, scale)
         for a, b in parts:
             tod[rows_idx, a:b] += added[:, a - g0 : b - g0]
+            if marked is not None:
+                flags[rows_idx, a:b] |= marked[:, a - g0 : b - g0]
+
+
+def _flagger(flags: np.ndarray | None, shape: tuple[int, ...], source: Any, flag_mask: int, flag_threshold: float | None):
+    """``mark(keys, start, n, scale)`` -> the flag bits of a block (None without ``flags``), once the inputs are checked."""
+    if flags is None:
+        return None
+    if not isinstance(flags, np.ndarray) or flags.shape != tuple(shape) or not np.issubdtype(flags.dtype, np.unsignedinteger):
+        raise InputError(f"flags must be an unsigned-integer array of the TOD's shape {tuple(shape)}, got {getattr(flags, 'dtype', type(flags))} {getattr(flags, 'shape', '')}")
+    mask = int(flag_mask)
+    if mask < 1 or mask > np.iinfo(flags.dtype).max:
+        raise InputError(f"flag_mask must be a positive bit mask that fits {flags.dtype}, got {flag_mask!r}")
+    if flag_threshold is None or not (np.isfinite(flag_threshold) and flag_threshold > 0):
+        raise InputError(f"flags need a positive flag_threshold in the TOD's units (e.g. a fraction of its noise RMS), got {flag_threshold!r}")
+    if not getattr(getattr(source, "source", None), "lists_glitches", False):
+        raise InputError("flags need a model whose method lists its glitches (the template, or a GAN with additive glitches); this generator does not")
+    from crab.generation.truth import glitch_signal  # noqa: PLC0415
+
+    bit = flags.dtype.type(mask)
+
+    def mark(keys: Sequence[int], start: int, n: int, scale: np.ndarray) -> np.ndarray:
+        sig = glitch_signal(source, keys, start, n) * scale
+        return np.where(np.abs(sig) > float(flag_threshold), bit, flags.dtype.type(0))
+
+    return mark
 
 
 __all__ = [

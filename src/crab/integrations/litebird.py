@@ -96,6 +96,17 @@ class CosmicRayParams:
         Wafer name of each detector name: detectors of one wafer share its wafer hits (a model
         with a wafer layer).  Default: the observation's ``wafer`` attribute (litebird_sim sets
         it from ``DetectorInfo.wafer``); without either, every detector is on its own wafer.
+    flag_threshold : float, optional
+        Mark the glitches: samples where the generated glitch signal, in the observation's
+        units (after ``conversion_factor``), exceeds this in magnitude get ``flag_mask`` set
+        in the observation's ``flags_component`` (created as zeros, uint16, if missing;
+        a plain array's flags are :func:`add_cosmic_rays`'s ``flags``).  E.g. a fraction of
+        the noise RMS.  None: no flags.  Needs a method that lists its glitches
+        (:mod:`crab.generation.truth`).
+    flag_mask : int
+        The flag bit(s) set.
+    flags_component : str
+        Name of the observation's flag array (litebird_sim's ``local_flags``).
     """
 
     conversion_factor: float | Mapping[str, float] = 1.0
@@ -104,6 +115,9 @@ class CosmicRayParams:
     cond: Any = None
     allow_extrapolation: bool = False
     wafers: Mapping[str, str] | None = None
+    flag_threshold: float | None = None
+    flag_mask: int = 1
+    flags_component: str = "local_flags"
 
     def __post_init__(self) -> None:
         if isinstance(self.conversion_factor, Mapping):
@@ -147,13 +161,19 @@ def kcmb_per_pw(bandcenter_ghz: float, bandwidth_ghz: float, optical_efficiency:
     return 1e-12 / dpdt_w_per_k
 
 
-def _add_block(tod: np.ndarray, names: Sequence[str], source: Any, abs_start: int, params: CosmicRayParams, wafers: Sequence[str] | None = None) -> None:
+def _add_block(
+    tod: np.ndarray, names: Sequence[str], source: Any, abs_start: int, params: CosmicRayParams, wafers: Sequence[str] | None = None, flags: np.ndarray | None = None,
+) -> None:
     """Add the generated TOD of ``names`` at absolute samples ``abs_start...`` to ``tod`` in place, chunk by chunk
-    (``wafers``: the wafer name of each detector, or None); :func:`crab.integrations.injection.add_generated`."""
+    (``wafers``: the wafer name of each detector, or None; ``flags``: marked where a glitch exceeds
+    ``params.flag_threshold``); :func:`crab.integrations.injection.add_generated`."""
     if tod.ndim != 2 or tod.shape[0] != len(names):
         raise InputError(f"TOD must have shape ({len(names)}, n_samples) for {len(names)} detectors, got {tod.shape}")
     factors = [params.factor_for(str(n)) for n in names]
-    add_generated(tod, detector_keys(names), source, abs_start, factors, wafers=wafers, chunk_samples=params.chunk_samples)
+    add_generated(
+        tod, detector_keys(names), source, abs_start, factors, wafers=wafers, chunk_samples=params.chunk_samples,
+        flags=flags, flag_mask=params.flag_mask, flag_threshold=params.flag_threshold,
+    )
 
 
 # --------------------------------------------------------------------------- numpy layer
@@ -179,6 +199,7 @@ def add_cosmic_rays(
     seed: int,
     *,
     params: CosmicRayParams | None = None,
+    flags: np.ndarray | None = None,
 ) -> np.ndarray:
     """Add generated cosmic-ray TOD to ``tod`` in place (and return it).
 
@@ -198,7 +219,9 @@ def add_cosmic_rays(
     seed : int
         Non-negative seed.
     params : CosmicRayParams, optional
-        Conversion factor (default 1.0: ``tod`` is in pW) and chunking.
+        Conversion factor (default 1.0: ``tod`` is in pW), chunking and the flag threshold.
+    flags : ndarray of unsigned int, shape of ``tod``, optional
+        Marked in place (``params.flag_mask``) where a glitch exceeds ``params.flag_threshold``.
 
     Returns
     -------
@@ -208,7 +231,9 @@ def add_cosmic_rays(
     params = params or CosmicRayParams()
     tod = np.asarray(tod)
     source = make_source(model, seed, sampling_rate_hz, n_workers=params.n_workers, cond=params.cond, allow_extrapolation=params.allow_extrapolation)
-    _add_block(tod, [str(n) for n in detector_names], source, absolute_start_sample(start_time_s, sampling_rate_hz), params)
+    if flags is not None and params.flag_threshold is None:
+        raise InputError("flags given without CosmicRayParams.flag_threshold: say above which glitch height (TOD units) to flag")
+    _add_block(tod, [str(n) for n in detector_names], source, absolute_start_sample(start_time_s, sampling_rate_hz), params, flags=flags)
     return tod
 
 
@@ -277,7 +302,18 @@ def apply_cosmic_rays_to_observations(
         if fs not in sources:
             sources[fs] = make_source(model, user_seed, fs, n_workers=params.n_workers, cond=params.cond, allow_extrapolation=params.allow_extrapolation)
         names = [str(n) for n in np.atleast_1d(obs.name)]
-        _add_block(tod, names, sources[fs], observation_start_sample(obs), params, _wafer_names(obs, names, params))
+        _add_block(tod, names, sources[fs], observation_start_sample(obs), params, _wafer_names(obs, names, params), _observation_flags(obs, tod, params))
+
+
+def _observation_flags(obs: Any, tod: np.ndarray, params: CosmicRayParams) -> np.ndarray | None:
+    """The observation's flag array to mark (created as uint16 zeros if missing), or None without a flag threshold."""
+    if params.flag_threshold is None:
+        return None
+    flags = getattr(obs, params.flags_component, None)
+    if flags is None:
+        flags = np.zeros(tod.shape, np.uint16)
+        setattr(obs, params.flags_component, flags)
+    return flags
 
 
 def _wafer_names(obs: Any, names: list[str], params: CosmicRayParams) -> list[str] | None:

@@ -108,6 +108,20 @@ class CrabCosmicRays(Operator):
 
     view = Unicode(None, allow_none=True, help="Use this view of the data in all observations")
 
+    det_flags = Unicode(
+        None,
+        allow_none=True,
+        help="Observation detdata key of the per-sample flags to mark the glitches in (created as uint8 if missing); None: no flags",
+    )
+
+    det_flag_mask = Int(1, help="Bit(s) set in det_flags on the samples of a glitch")
+
+    flag_threshold = Quantity(
+        None,
+        allow_none=True,
+        help="With det_flags: flag the samples where the generated glitch signal exceeds this (det_data units, e.g. a fraction of the noise RMS)",
+    )
+
     n_workers = Int(None, allow_none=True, help="Generator threads per process (None: the CPUs available); never changes the result")
 
     chunk_samples = Int(DEFAULT_CHUNK_SAMPLES, help="Samples generated at a time per detector (bounds memory)")
@@ -152,6 +166,7 @@ class CrabCosmicRays(Operator):
             if not dets or ob.n_local_samples == 0:
                 continue
             dd = ob.detdata[self.det_data]
+            flags, threshold = self._flags(ob, dets, dd.units)
             if dd.detector_shape != (ob.n_local_samples,):
                 raise InputError(f"det_data {self.det_data!r} must hold one value per sample, got a detector shape {dd.detector_shape}")
             fp = ob.telescope.focalplane
@@ -168,7 +183,27 @@ class CrabCosmicRays(Operator):
                 spans=spans,
                 wafers=self._wafers(fp, dets),
                 chunk_samples=self.chunk_samples,
+                flags=flags,
+                flag_mask=self.det_flag_mask,
+                flag_threshold=threshold,
             )
+
+    def _flags(self, ob, dets, units):
+        """``(flags array, threshold in det_data units)`` of an observation, or ``(None, None)`` without ``det_flags``."""
+        if self.det_flags is None:
+            return None, None
+        if self.flag_threshold is None:
+            raise InputError("det_flags is set but flag_threshold is not: say above which glitch height (det_data units) to flag")
+        try:
+            threshold = float(self.flag_threshold.to_value(units))
+        except u.UnitConversionError:
+            raise InputError(f"flag_threshold is in {self.flag_threshold.unit}, which does not convert to det_data's {units}") from None
+        ob.detdata.ensure(self.det_flags, dtype=np.uint8, detectors=dets)
+        fl = ob.detdata[self.det_flags]
+        dd = ob.detdata[self.det_data]
+        if not np.array_equal(fl.indices(dets), dd.indices(dets)) or fl.data.shape != dd.data.shape:
+            raise InputError(f"det_flags {self.det_flags!r} and det_data {self.det_data!r} hold different detectors or orders")
+        return fl.data, threshold
 
     def _finalize(self, data, **kwargs):
         self._sources.clear()
@@ -180,7 +215,7 @@ class CrabCosmicRays(Operator):
         return req
 
     def _provides(self):
-        return {"detdata": [self.det_data]}
+        return {"detdata": [self.det_data] + ([self.det_flags] if self.det_flags is not None else [])}
 
     # ---------------------------------------------------------------- per observation
     def _source(self, fs: float):
