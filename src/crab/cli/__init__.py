@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "validate-phi": ("crab.cli.validate_phi_cmd", "validate_phi", "Compare a phi-conditioned model with Monte Carlo at several phi."),
     "run": ("crab.cli.run_cmd", "run", "Run the whole pipeline (MC, training, generation, validation) on the default setup."),
     "export": ("crab.cli.export_cmd", "export", "Make a TOD file readable by litebird_sim (read_list_of_observations)."),
+    "impact": ("crab.cli.impact_cmd", "impact", "From glitches to B-modes: maps, spectra and the bias on r (needs crab-tod[litebird])."),
 }
 
 

@@ -35,6 +35,7 @@ STREAMS: dict[str, int] = {
     "template_noise": 21,  # (stream, detector, noise block): template noise
     "training": 30,  # (stream,): weight init, shuffling, training latents
     "validation": 40,  # (stream,): classifier splits, bootstraps
+    "impact_noise": 50,  # (stream, detector, block): white noise of `crab impact`'s comparison maps
 }
 
 
