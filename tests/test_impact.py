@@ -36,8 +36,9 @@ class ConstantSource:
 
 
 def small(**kw) -> ImpactConfig:
-    """A small run: 3 h of 4 detectors at nside 8, chunks of 1 h, no deglitching, binary mask."""
-    base = {"duration_s": 3 * HOUR, "n_detectors": 4, "nside": 8, "seed": SEED, "chunk_s": HOUR, "deglitch": False, "apodisation_deg": 0.0}
+    """A small run: 3 h of 4 detectors at nside 8, chunks of 1 h, no deglitching, binary mask, the whole TOD mapped
+    (the chain's checks inject TOD of their own: zeros, offsets, white noise)."""
+    base = {"duration_s": 3 * HOUR, "n_detectors": 4, "nside": 8, "seed": SEED, "chunk_s": HOUR, "deglitch": False, "apodisation_deg": 0.0, "signal": "tod"}
     base.update(kw)
     return ImpactConfig(**base)
 
@@ -285,3 +286,22 @@ def run_impact_(model, cfg, out=None):
     from crab.integrations.impact import run_impact
 
     return run_impact(model, cfg, out, progress=False, n_workers=1)
+
+
+def test_glitches_alone_are_the_truth_rendered_and_need_a_listing_method(lbs, template_json):
+    """signal 'glitches' (the default) maps the glitches rendered from their truth rows, with nothing subtracted;
+    the deglitching finder sees them with white noise; a generator that lists no glitch is refused with one line."""
+    from crab.integrations.impact.mapmaking import UNSEEN
+
+    g = run_impact_(template_json, small(signal="glitches", deglitch=True))
+    t = run_impact_(template_json, small(signal="tod", deglitch=True))
+    lo, hi = g.summary["ell_range"]
+    bb = np.mean(g.spectra["cr"]["BB"][lo : hi + 1])
+    assert bb > 0 and g.summary["signal"] == "glitches" and "the glitches alone" in g.headline()
+    assert np.isclose(g.summary["binned"]["bb_ratio"], g.summary["binned"]["bb_ratio_map"])  # nothing subtracted
+    assert 0 < g.summary["flagged_fraction"] < 0.5
+    # the whole TOD's map is the glitch map plus the map of the model's noise: not the same map
+    seen = g.maps["cr"][0] != UNSEEN
+    assert not np.allclose(t.maps["cr"][:, seen], g.maps["cr"][:, seen])
+    with pytest.raises(InputError, match="does not list its glitches"):
+        run_impact_(ConstantSource(0.0), small(signal="glitches", conversion_k_per_pw=1.0))

@@ -31,6 +31,7 @@ from crab.cli.options import (
 @click.option("--k-per-pw", "conversion_k_per_pw", type=float, callback=positive_float, help="Explicit K_CMB per pW (overrides --conversion).")
 @click.option("--wafer-size", "detectors_per_wafer", type=int, callback=positive_int, help="Detectors per wafer (sharing its hits); default: all on one wafer.")
 @click.option("--phi", "phi_gv", type=float, callback=positive_float, help="Solar modulation potential (GV) of a phi-conditioned model.")
+@click.option("--signal", type=click.Choice(["glitches", "tod"]), default="glitches", show_default=True, help="What is mapped: the generated glitches alone (rendered from their truth), or the whole generated TOD (the model's noise too, white noise subtracted from the spectra).")
 @click.option("--deglitch/--no-deglitch", default=True, show_default=True, help="Also map with the samples flagged by CRAB's glitch finder left out.")
 @click.option("--threshold-sigma", "deglitch_threshold_sigma", default=5.0, show_default=True, type=float, callback=positive_float, help="Threshold of the glitch finder (robust sigmas).")
 @click.option("--destriper", is_flag=True, help="Also run litebird_sim's destriper (all the TOD in memory: short runs).")
@@ -45,12 +46,12 @@ from crab.cli.options import (
 @click.option("--allow-unfinished", is_flag=True, help="Accept the model of a training that did not finish.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def impact(model_path, duration, detectors, nside, seed, out_dir, start, chunk_s, channel, net_uk_sqrt_s, conversion, optical_efficiency, conversion_k_per_pw,
-           detectors_per_wafer, phi_gv, deglitch, deglitch_threshold_sigma, destriper, baseline_length_s, coordinates, ell_min, ell_max, apodisation_deg,
+           detectors_per_wafer, phi_gv, signal, deglitch, deglitch_threshold_sigma, destriper, baseline_length_s, coordinates, ell_min, ell_max, apodisation_deg,
            beam_fwhm_arcmin, workers, overwrite, allow_unfinished, no_progress):
     """Scan generated glitch TOD with LiteBIRD's scanning, make maps and spectra, compare BB with r = 0.001.
 
-    Prints one line: the BB power of the residual (glitch maps minus white-noise maps of the
-    same samples) averaged over ell (D_ell) relative to the primordial BB for r = 0.001, and
+    Prints one line: the BB power of the residual (the map of the generated glitches alone, or
+    with --signal tod the whole TOD's map minus white-noise maps of the same samples) averaged over ell (D_ell) relative to the primordial BB for r = 0.001, and
     the bias on r of a least-squares template fit (no lensing, no foregrounds), binned and
     after deglitching.  See docs/impact.md.
 
@@ -65,7 +66,7 @@ def impact(model_path, duration, detectors, nside, seed, out_dir, start, chunk_s
     cfg = ImpactConfig(
         duration_s=duration, n_detectors=detectors, nside=nside, seed=seed, start_s=start, chunk_s=chunk_s, channel=channel, net_uk_sqrt_s=net_uk_sqrt_s,
         conversion=conversion, optical_efficiency=optical_efficiency, conversion_k_per_pw=conversion_k_per_pw, detectors_per_wafer=detectors_per_wafer,
-        phi_gv=phi_gv, deglitch=deglitch, deglitch_threshold_sigma=deglitch_threshold_sigma, destriper=destriper, baseline_length_s=baseline_length_s,
+        phi_gv=phi_gv, signal=signal, deglitch=deglitch, deglitch_threshold_sigma=deglitch_threshold_sigma, destriper=destriper, baseline_length_s=baseline_length_s,
         coordinates=coordinates, ell_min=ell_min, ell_max=ell_max, apodisation_deg=apodisation_deg, beam_fwhm_arcmin=beam_fwhm_arcmin,
     )
     res = run_impact(model_path, cfg, out_dir, overwrite=overwrite, n_workers=workers, progress=False if no_progress else None, allow_unfinished=allow_unfinished)

@@ -132,8 +132,8 @@ def glitch_signal(generator, detector_keys: Sequence[int], start_sample: int, n_
     the wafer's included, on samples ``[start_sample, start_sample + n_samples)``; None when the
     method does not list its glitches.  What a flag of "a glitch above x" is made from
     (:func:`glitch_flags`)."""
-    src = generator.source
-    if src.rows != 1 or not src.lists_glitches:
+    src = getattr(generator, "source", None)  # a TodGenerator; any other generator lists nothing
+    if src is None or getattr(src, "rows", 1) != 1 or not getattr(src, "lists_glitches", False):
         return None
     T = int(src.tile_samples)
     a, b = int(start_sample), int(start_sample) + int(n_samples)

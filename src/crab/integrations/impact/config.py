@@ -66,6 +66,14 @@ class ImpactConfig:
         all the detectors on one wafer, the IMO wafer of the channel's first pixel.
     phi_gv : float, optional
         Solar modulation potential for a phi-conditioned model (GV).
+    signal : str
+        What is mapped as the cosmic rays: ``"glitches"`` (default), the glitches the
+        generator placed, rendered from their truth rows (:func:`crab.generation.truth.glitch_signal`:
+        the GAN's additive glitches and the wafer layer's hits, the template's hits), without
+        the model's noise, so the residual is the glitch map's own spectrum; ``"tod"``, the
+        whole generated TOD (glitches and the model's white and 1/f noise), the residual then
+        being its spectrum minus that of white noise at the same level (the model's 1/f noise
+        stays in it).
     deglitch : bool
         Also make maps with the samples flagged by CRAB's glitch finder
         (:func:`crab.analysis.glitches.detect_glitches`, each glitch's extent) left out.
@@ -109,6 +117,7 @@ class ImpactConfig:
     conversion_k_per_pw: float | None = None
     detectors_per_wafer: int | None = None
     phi_gv: float | None = None
+    signal: str = "glitches"
     deglitch: bool = True
     deglitch_threshold_sigma: float = 5.0
     destriper: bool = False
@@ -136,6 +145,8 @@ class ImpactConfig:
         n = int(self.nside)
         if n != self.nside or n < 1 or n & (n - 1) or n > 8192:
             raise InputError(f"nside must be a power of two from 1 to 8192, got {self.nside!r}")
+        if self.signal not in ("glitches", "tod"):
+            raise InputError(f"signal must be 'glitches' or 'tod', got {self.signal!r}")
         if self.conversion not in CONVERSIONS:
             raise InputError(f"conversion must be one of {', '.join(CONVERSIONS)}, got {self.conversion!r}")
         if self.coordinates not in COORDINATES:
