@@ -32,8 +32,9 @@ import re
 import shutil
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from crab.core.errors import InputError
 from crab.core.resources import format_bytes
@@ -110,6 +111,35 @@ def _remove(p: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
     else:
         p.unlink(missing_ok=True)
+
+
+_T = TypeVar("_T")
+
+
+def write_folder_atomically(out: str | os.PathLike, write: Callable[[Path], _T]) -> _T:
+    """Build a folder with ``write(tmp)`` under a temporary name, then put it in place of ``out``.
+
+    A folder already at ``out`` is replaced only once the new one is complete (moved aside,
+    then removed); if ``write`` fails, the temporary folder is removed and ``out`` is untouched.
+    Callers check beforehand that ``out`` may be replaced (:func:`check_output_dir`).
+    Returns what ``write`` returns.
+    """
+    out = Path(out)
+    tmp = temporary_path(out)
+    tmp.mkdir()
+    try:
+        value = write(tmp)
+        old = None
+        if out.exists():
+            old = temporary_path(out)
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return value
 
 
 def clean_stale_temporaries(folder: str | os.PathLike, final_name: str) -> list[Path]:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
-from crab.core.paths import temporary_path
+from crab.core.paths import write_folder_atomically
 from crab.core.provenance import run_record, write_json
 from crab.validation import plots as plotting
 from crab.validation import report
@@ -20,23 +18,14 @@ REPORT_FILES = (REPORT_MARKER, "report.md", "*.png")
 
 def write_outputs(result: ValidationResult, out: Path, plots: bool = True) -> Path:
     """Write metrics.json, report.md and plots into ``out`` atomically (temporary folder, then rename)."""
-    tmp = temporary_path(out)
-    tmp.mkdir()
-    try:
+
+    def write(tmp: Path) -> None:
         figs = plotting.write_plots(result, tmp) if plots else []
         rec = run_record(result.config, result.config.seed)
         payload = dict(result.to_dict(), run=rec, figures=[f.name for f in figs])
         write_json(tmp / REPORT_MARKER, payload)
         report.write_markdown(result, tmp / "report.md", figures=figs)
-        old = None
-        if out.exists():
-            old = temporary_path(out)
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_folder_atomically(out, write)
     result.out_dir = out
     return out

@@ -16,12 +16,11 @@ uK_CMB^2: ``TT, EE, BB, TE, EB, TB`` of the glitch maps (binned), then
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from crab.core.paths import check_free_space, check_output_dir, temporary_path
+from crab.core.paths import check_free_space, check_output_dir, write_folder_atomically
 from crab.core.provenance import run_record, write_json
 from crab.integrations.impact.config import ImpactConfig
 from crab.integrations.impact.spectra import SPECTRA, d_ell
@@ -68,20 +67,7 @@ def cl_table(result) -> tuple[list[str], np.ndarray]:
 
 def write_outputs(result, out: Path) -> Path:
     """Write every output of ``result`` into ``out`` atomically (temporary folder, then rename)."""
-    tmp = temporary_path(out)
-    tmp.mkdir()
-    try:
-        _write_all(result, tmp)
-        old = None
-        if out.exists():
-            old = temporary_path(out)
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    write_folder_atomically(out, lambda tmp: _write_all(result, tmp))
     return out
 
 
