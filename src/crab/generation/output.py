@@ -21,7 +21,7 @@ from crab.generation import mpi
 from crab.generation.engine import DEFAULT_CHUNK_SAMPLES, TodGenerator
 from crab.generation.sinks import ChecksumSink, Hdf5FileSink, RawStreamSink, Sink
 from crab.generation.stats import GenerationStats
-from crab.generation.truth import GENERATED_ROW_BYTES, RunTruth
+from crab.generation.truth import RunTruth
 
 
 def samples_for(duration_s: float, sampling_rate_hz: float, *, what: str = "duration", allow_zero: bool = False) -> int:
@@ -154,7 +154,7 @@ def generate_to_file(
     """
     from crab import __version__
     from crab.core.provenance import run_record
-    from crab.io.tod import TodMetadata, tod_file_bytes
+    from crab.io.tod import FULL_EVENT_ROW_BYTES, TodMetadata, tod_file_bytes
 
     path = check_output_file(out, overwrite=overwrite)
     s0, n = _span(generator, duration_s, start_s)
@@ -164,7 +164,7 @@ def generate_to_file(
     n_det = generator.count(detectors)
     generator.check_memory(n_det, n, chunk_samples)  # before the plan of every detector is made
     n_rows = RunTruth(generator, detectors).expected_rows(n) if truth else 0
-    check_free_space(path.parent, tod_file_bytes(n_det, n) + GENERATED_ROW_BYTES * n_rows, what=f"{path} ({n_det} detector{'s' if n_det > 1 else ''} x {format_duration(n / fs)} at {fs:g} Hz)")
+    check_free_space(path.parent, tod_file_bytes(n_det, n) + FULL_EVENT_ROW_BYTES * n_rows, what=f"{path} ({n_det} detector{'s' if n_det > 1 else ''} x {format_duration(n / fs)} at {fs:g} Hz)")
     names = list(detector_names) if detector_names is not None else generator.detector_names(detectors)
     if len(names) != n_det:
         raise InputError(f"{len(names)} detector names for {n_det} detectors")

@@ -142,13 +142,11 @@ class Hdf5FileSink(Sink):
             def write(first_sample: int, chunk: np.ndarray) -> None:
                 w.write(chunk)
                 if truth is not None:
-                    for table in truth.pieces(first_sample, chunk.shape[1]):
-                        w.append_events(table, truth.columns)
+                    truth.append(w.dataset.file, first_sample, chunk.shape[1])
 
             try:
                 if truth is not None:
-                    w.append_events(truth.chunk(0, 0), truth.columns)  # the table exists even when empty
-                    w.set_events_note(truth.describe())
+                    truth.start(w.dataset.file)  # the table exists even when empty
                 yield write
             finally:
                 self._writer = None

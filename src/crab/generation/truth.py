@@ -24,10 +24,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from crab.io.tod import append_events, set_events_note
 from crab.physics.events import EventTable
-
-#: Bytes of one generated ``/events`` row (the Monte Carlo's 23 plus amplitude, sample, wafer, family, tau_s).
-GENERATED_ROW_BYTES = 23 + 8 + 8 + 8 + 2 + 8
 
 
 class RunTruth:
@@ -108,6 +106,16 @@ class RunTruth:
         """The hits whose hit sample lies in ``[first_sample, first_sample + n_samples)``, sorted, as one table."""
         return EventTable.concatenate(list(self.pieces(first_sample, n_samples)))
 
+    def start(self, f) -> None:
+        """Create the (empty) ``/events`` table of this run in the open HDF5 file ``f``, with its note."""
+        append_events(f, EventTable(), self.columns)
+        set_events_note(f, self.describe())
+
+    def append(self, f, first_sample: int, n_samples: int) -> None:
+        """Append the rows of samples ``[first_sample, first_sample + n_samples)`` to the table :meth:`start` made."""
+        for table in self.pieces(first_sample, n_samples):
+            append_events(f, table, self.columns)
+
     def expected_rows(self, n_samples: int) -> int:
         """Rows a run of ``n_samples`` is expected to list (for the disk-space check)."""
         det_hz, wafer_hz = self.source.glitch_rates_hz()
@@ -116,14 +124,10 @@ class RunTruth:
 
 
 def write_truth(f, truth: RunTruth, start_sample: int, n_samples: int) -> None:
-    """Write the ``/events`` table of a run into the open HDF5 file ``f``, tile by tile (the MPI
+    """Write the whole ``/events`` table of a run into the open HDF5 file ``f``, tile by tile (the MPI
     file's rank 0 does this once the parts are written: the rows do not depend on the layout)."""
-    from crab.io.tod import append_events, set_events_note
-
-    append_events(f, EventTable(), truth.columns)
-    set_events_note(f, truth.describe())
-    for table in truth.pieces(start_sample, n_samples):
-        append_events(f, table, truth.columns)
+    truth.start(f)
+    truth.append(f, start_sample, n_samples)
 
 
 def glitch_signal(generator, detector_keys: Sequence[int], start_sample: int, n_samples: int) -> np.ndarray | None:

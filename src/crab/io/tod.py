@@ -137,7 +137,9 @@ def write_root_attrs(f: h5py.File, meta: TodMetadata) -> None:
 
 
 #: Bytes of one ``/events`` row (time_s float64, detector int32, charge_z int16, energy_kev float64, kind uint8).
-EVENT_ROW_BYTES = 8 + 4 + 2 + 8 + 1
+EVENT_ROW_BYTES = sum(dt.itemsize for dt in _EVENT_COLUMNS.values())
+#: Bytes of one row with every optional column too (the table of generated glitches).
+FULL_EVENT_ROW_BYTES = EVENT_ROW_BYTES + sum(dt.itemsize for dt, _ in _OPTIONAL_COLUMNS.values())
 #: Room for a file's attributes, run record and HDF5 structures beyond its datasets (bytes).
 FILE_OVERHEAD_BYTES = 1 << 20
 
@@ -265,14 +267,6 @@ class TodWriter:
         for name in events.recorded_columns():
             g.create_dataset(name, data=getattr(events, name))
         g.attrs["kind_labels"] = json.dumps({str(k): v for k, v in EVENT_KIND_LABELS.items()})
-
-    def set_events_note(self, note: dict) -> None:
-        """Record what the ``/events`` table holds (JSON attribute ``note`` of the group)."""
-        set_events_note(self._file, note)
-
-    def append_events(self, events: EventTable, columns: Sequence[str] | None = None) -> None:
-        """Append rows to a growing ``/events`` table (:func:`append_events`)."""
-        append_events(self._file, events, columns)
 
     def close(self) -> Path:
         """Finish the file and rename it to its final name; returns the final path."""
