@@ -60,7 +60,6 @@ class RunTruth:
         self.complete = self.single and bool(self.source.lists_glitches)
         self.recorded = self.complete or bool(self.wafers)
         self.columns = ["time_s", "detector", "charge_z", "energy_kev", "kind", "amplitude", "sample", "wafer", "family", "tau_s"]
-        self._cache: dict[tuple[str, int, int], EventTable] = {}
 
     def describe(self) -> dict:
         """What the table holds (for the run record)."""
@@ -68,13 +67,6 @@ class RunTruth:
             return {"recorded": False, "why": "the method does not list its glitches (a joint-detector model)"}
         note = "every glitch placed" if self.complete else "the wafer hits only (the network's own glitches are not listed)"
         return {"recorded": True, "complete": self.complete, "lists": note, "detector": "row in the file; -1: a wafer hit (see wafer)"}
-
-    def _tile(self, kind: str, who: int, t: int) -> EventTable:
-        hit = self._cache.get((kind, who, t))
-        if hit is None:
-            hit = self.source.tile_events(who, t) if kind == "det" else self.source.wafer_events(who, t)
-            self._cache[(kind, who, t)] = hit = hit if hit is not None else EventTable()
-        return hit
 
     def pieces(self, first_sample: int, n_samples: int) -> Iterator[EventTable]:
         """The hits whose hit sample lies in ``[first_sample, first_sample + n_samples)``, sorted, one
@@ -84,18 +76,17 @@ class RunTruth:
         T = int(self.source.tile_samples)
         a, b = int(first_sample), int(first_sample) + int(n_samples)
         for t in range(a // T, (b - 1) // T + 1):
-            self._cache = {k: v for k, v in self._cache.items() if k[2] >= t}  # tiles behind are done
             lo, hi = max(a, t * T), min(b, (t + 1) * T)
             parts = []
             if self.complete:
                 for row, key in enumerate(self.keys):
-                    ev = self._tile("det", key, t)
+                    ev = self.source.tile_events(key, t)
                     if len(ev):
                         ev = ev.select((ev.sample >= lo) & (ev.sample < hi))
                         ev.detector[:] = row
                         parts.append(ev)
             for w in self.wafers:
-                ev = self._tile("wafer", w, t)
+                ev = self.source.wafer_events(w, t)
                 if len(ev):
                     parts.append(ev.select((ev.sample >= lo) & (ev.sample < hi)))
             table = EventTable.concatenate(parts)

@@ -109,6 +109,11 @@ class TileSource:
     def assign_wafers(self, mapping) -> None:
         """Put detector keys on wafers: ``{key: (wafer, position)}`` (a no-op for a method without wafers)."""
 
+    def wafer_index(self, key: int) -> int:
+        """The wafer of detector key ``key`` (:meth:`wafer_of`), -1 for a method without wafers (a truth row's ``wafer``)."""
+        w = self.wafer_of(key)
+        return -1 if w is None else w[0]
+
     def wafer_of(self, key: int) -> tuple[int, int] | None:
         """``(wafer, position)`` of detector key ``key`` when the method draws hits per wafer
         (:class:`crab.models.glitch_layer.wafer.WaferGrouping`), else None."""

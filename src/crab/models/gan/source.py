@@ -101,6 +101,8 @@ class GanSource(TileSource):
         self._tf = (float(tf.offset), float(tf.scale), float(tf.out_scale))
         self._keys: dict[int, np.ndarray] = {}
         self._keys_lock = threading.Lock()
+        self._events: dict[tuple[int, int], Any] = {}  # (key, tile) -> truth rows, see tile_events
+        self._events_cache_size = 6
         self.noise: NoiseGenerator | None = None
         self._noise_args = None
         if model.noise_params is not None and model.highpass_hz:
@@ -173,6 +175,7 @@ class GanSource(TileSource):
             self.wafer = WaferSignal(self.layer.population, self.sampling_rate_hz, self.seed, "gan_wafer", self.tile_samples, n_wafers=n_keys)
 
     def prepare(self, n_keys: int) -> None:
+        self._events_cache_size = 3 * (n_keys + 1)  # a key's tiles t - 1 .. t + 1 (glitch_signal)
         self._prepare_wafer(n_keys)
         if self._noise_args is not None:
             p, fs, seed, stream, lp = self._noise_args
@@ -260,13 +263,17 @@ class GanSource(TileSource):
         """Whether the generator places its glitches explicitly (additive glitches) and lists them."""
         return self.truth is not None
 
-    def _wafer_index(self, key: int) -> int:
-        return self.grouping.of(key)[0] if self.layer is not None else -1
-
     def tile_events(self, key: int, t: int):
         if self.truth is None:
             return None
-        return self.truth.tile_events(self._key(key), t, detector=key, wafer=self._wafer_index(key))
+        hit = self._events.get((key, t))
+        if hit is None:  # cached: glitch_signal renders each tile with its neighbours' rows
+            hit = self.truth.tile_events(self._key(key), t, detector=key, wafer=self.wafer_index(key))
+            with self._keys_lock:
+                self._events[(key, t)] = hit
+                while len(self._events) > self._events_cache_size:
+                    self._events.pop(next(iter(self._events)))
+        return hit
 
     def wafer_events(self, wafer: int, t: int):
         if self.wafer is None:
@@ -279,7 +286,7 @@ class GanSource(TileSource):
         out = np.zeros(int(n_samples))
         if self.truth is not None:
             out += self.truth.render(events.select((events.detector == key) & (events.kind == EVENT_KIND_DIRECT)), first_sample, n_samples)
-        w = self._wafer_index(key)
+        w = self.wafer_index(key)
         if w >= 0:
             rows = events.select((events.kind == EVENT_KIND_WAFER) & (events.wafer == w))
             out += self.layer.coupling(self.grouping.of(key)[1]) * self.layer.population.render_truth(rows, first_sample, n_samples, self.sampling_rate_hz)

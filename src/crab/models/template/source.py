@@ -122,12 +122,9 @@ class TemplateSource(TileSource):
     # ------------------------------------------------------------ truth
     lists_glitches = True
 
-    def _wafer_index(self, key: int) -> int:
-        return self.grouping.of(key)[0] if self.model.wafer.rate_hz > 0 else -1
-
     def tile_events(self, key: int, t: int):
         ev = self._events(key, t)
-        return self.model.direct.truth(ev["t"], ev["c2"], ev["tau_s"], self.sampling_rate_hz, detector=key, wafer=self._wafer_index(key))
+        return self.model.direct.truth(ev["t"], ev["c2"], ev["tau_s"], self.sampling_rate_hz, detector=key, wafer=self.wafer_index(key))
 
     def wafer_events(self, wafer: int, t: int):
         if self.model.wafer.rate_hz <= 0:
@@ -138,7 +135,7 @@ class TemplateSource(TileSource):
         fs = self.sampling_rate_hz
         own = events.select((events.detector == key) & (events.kind == EVENT_KIND_DIRECT))
         out = self.model.direct.render_truth(own, first_sample, n_samples, fs)
-        w = self._wafer_index(key)
+        w = self.wafer_index(key)
         if w >= 0:
             out += self.model.wafer.render_truth(events.select((events.kind == EVENT_KIND_WAFER) & (events.wafer == w)), first_sample, n_samples, fs)
         return out
