@@ -86,15 +86,9 @@ def detection_efficiency(tod, events, sampling_rate_hz: float, start_time_s: flo
     b = np.clip(np.searchsorted(edges, height, side="right") - 1, 0, len(edges) - 2)
     listed = np.bincount(b, minlength=len(edges) - 1)
     hits = np.bincount(b, weights=found, minlength=len(edges) - 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        eff = np.where(listed > 0, hits / np.maximum(listed, 1), np.nan)
-        err = np.where(listed > 0, np.sqrt(np.clip(eff * (1 - eff), 0, None) / np.maximum(listed, 1)), np.nan)
     return {
         "edges_sigma": [float(e) for e in edges],
-        "listed": [int(v) for v in listed],
-        "found": [int(v) for v in hits],
-        "efficiency": [float(v) for v in eff],
-        "error": [float(v) for v in err],
+        **_rates(listed, hits),
         "n_hits": int(len(s)),
         "left_out_not_own": int(np.sum(~own)),
     }
@@ -107,11 +101,16 @@ def mean_efficiency(curves: list[dict[str, Any]]) -> dict[str, Any] | None:
         return None
     listed = np.sum([c["listed"] for c in curves], axis=0)
     found = np.sum([c["found"] for c in curves], axis=0)
+    return {**curves[0], **_rates(listed, found), "n_hits": int(sum(c["n_hits"] for c in curves)),
+            "left_out_not_own": int(sum(c["left_out_not_own"] for c in curves))}
+
+
+def _rates(listed: np.ndarray, found: np.ndarray) -> dict[str, list]:
+    """``listed``, ``found``, ``efficiency`` = found / listed and its binomial ``error`` per bin (NaN where nothing is listed)."""
     with np.errstate(invalid="ignore", divide="ignore"):
         eff = np.where(listed > 0, found / np.maximum(listed, 1), np.nan)
         err = np.where(listed > 0, np.sqrt(np.clip(eff * (1 - eff), 0, None) / np.maximum(listed, 1)), np.nan)
-    return {**curves[0], "listed": [int(v) for v in listed], "found": [int(v) for v in found], "efficiency": [float(v) for v in eff],
-            "error": [float(v) for v in err], "n_hits": int(sum(c["n_hits"] for c in curves))}
+    return {"listed": [int(v) for v in listed], "found": [int(v) for v in found], "efficiency": [float(v) for v in eff], "error": [float(v) for v in err]}
 
 
 def bin_labels(edges_sigma) -> list[str]:
