@@ -94,3 +94,23 @@ def synthetic_tod_file(tmp_path):
         return write_tod(tmp_path / name, tod, meta)
 
     return _make
+
+
+@pytest.fixture(scope="module")
+def gan_model_dir(tmp_path_factory):
+    """A model directory of the real streaming GAN at 19 Hz (random weights: the code path and cost of a
+    trained one), for the bridges and ``crab impact``."""
+    import torch
+
+    from crab.models.gan.config import ModelConfig
+    from crab.models.gan.network import Generator
+    from crab.models.gan.store import save_model
+    from crab.models.gan.transform import AmplitudeTransform
+    from crab.physics.noise import NoiseParams
+
+    torch.manual_seed(0)
+    g = Generator(ModelConfig())
+    g.eval()
+    d = tmp_path_factory.mktemp("gan")
+    save_model(d, g, AmplitudeTransform(scale=0.05), 19.0, noise_params=NoiseParams(white_asd=0.01), highpass_hz=0.15)
+    return d

@@ -50,24 +50,6 @@ def lbs():
 
 
 @pytest.fixture(scope="module")
-def gan_model_dir(tmp_path_factory):
-    """A model directory of the real streaming GAN (random weights: the code path of a trained one)."""
-    torch = pytest.importorskip("torch")
-    from crab.models.gan.config import ModelConfig
-    from crab.models.gan.network import Generator
-    from crab.models.gan.store import save_model
-    from crab.models.gan.transform import AmplitudeTransform
-    from crab.physics.noise import NoiseParams
-
-    torch.manual_seed(0)
-    g = Generator(ModelConfig())
-    g.eval()
-    d = tmp_path_factory.mktemp("gan")
-    save_model(d, g, AmplitudeTransform(scale=0.05), FS, noise_params=NoiseParams(white_asd=0.01), highpass_hz=0.15)
-    return d
-
-
-@pytest.fixture(scope="module")
 def template_json(tmp_path_factory):
     """A template model fitted on synthetic TOD with truth, saved as .json (the template method's stored form)."""
     from crab.io.tod import EventTable

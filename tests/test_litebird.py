@@ -130,24 +130,6 @@ def _simulation(lbs, tmp_path, n_obs=1, start_time=0.0, duration_s=3600.0):
     return sim
 
 
-@pytest.fixture(scope="module")
-def gan_model_dir(tmp_path_factory):
-    """A model directory of the real streaming GAN (random weights: same code path and cost as a trained one)."""
-    torch = pytest.importorskip("torch")
-    from crab.models.gan.config import ModelConfig
-    from crab.models.gan.network import Generator
-    from crab.models.gan.store import save_model
-    from crab.physics.noise import NoiseParams
-    from crab.models.gan.transform import AmplitudeTransform
-
-    torch.manual_seed(0)
-    g = Generator(ModelConfig())
-    g.eval()
-    d = tmp_path_factory.mktemp("gan")
-    save_model(d, g, AmplitudeTransform(scale=0.05), FS, noise_params=NoiseParams(white_asd=0.01), highpass_hz=0.15)
-    return d
-
-
 def test_apply_to_observations_adds_exactly_add_cosmic_rays(lbs, tmp_path, gan_model_dir):
     """Simulation with two detectors and one hour, the real generator loaded from a model directory."""
     sim = _simulation(lbs, tmp_path)

@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 
 from conftest import make_synthetic_tod, require_extra, run_cli
-from test_litebird import gan_model_dir  # noqa: F401 - the random-weight GAN fixture (19 Hz)
 
 from crab.core.errors import InputError
 from crab.core.rng import detector_key

@@ -121,15 +121,22 @@ def write_truth(f, truth: RunTruth, start_sample: int, n_samples: int) -> None:
     truth.append(f, start_sample, n_samples)
 
 
+def lists_glitches(generator) -> bool:
+    """Whether ``generator`` (a :class:`crab.generation.TodGenerator`; any other generator lists nothing)
+    lists every glitch it places on a detector, so that :func:`glitch_signal` can render them."""
+    src = getattr(generator, "source", None)
+    return src is not None and getattr(src, "rows", 1) == 1 and bool(getattr(src, "lists_glitches", False))
+
+
 def glitch_signal(generator, detector_keys: Sequence[int], start_sample: int, n_samples: int) -> np.ndarray | None:
     """The glitch part of the generated TOD, float64 ``(len(detector_keys), n_samples)``: every listed
     glitch's pulse (:meth:`crab.models.base.TileSource.glitch_signal`, rendered from the truth rows),
     the wafer's included, on samples ``[start_sample, start_sample + n_samples)``; None when the
     method does not list its glitches.  What a flag of "a glitch above x" is made from
     (:func:`glitch_flags`)."""
-    src = getattr(generator, "source", None)  # a TodGenerator; any other generator lists nothing
-    if src is None or getattr(src, "rows", 1) != 1 or not getattr(src, "lists_glitches", False):
+    if not lists_glitches(generator):
         return None
+    src = generator.source
     T = int(src.tile_samples)
     a, b = int(start_sample), int(start_sample) + int(n_samples)
     out = np.zeros((len(detector_keys), max(0, b - a)))

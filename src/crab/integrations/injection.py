@@ -266,9 +266,10 @@ def _flagger(flags: np.ndarray | None, shape: tuple[int, ...], source: Any, flag
         raise InputError(f"flag_mask must be a positive bit mask that fits {flags.dtype}, got {flag_mask!r}")
     if flag_threshold is None or not (np.isfinite(flag_threshold) and flag_threshold > 0):
         raise InputError(f"flags need a positive flag_threshold in the TOD's units (e.g. a fraction of its noise RMS), got {flag_threshold!r}")
-    if not getattr(getattr(source, "source", None), "lists_glitches", False):
+    from crab.generation.truth import glitch_signal, lists_glitches  # noqa: PLC0415
+
+    if not lists_glitches(source):
         raise InputError("flags need a model whose method lists its glitches (the template, or a GAN with additive glitches); this generator does not")
-    from crab.generation.truth import glitch_signal  # noqa: PLC0415
 
     bit = flags.dtype.type(mask)
 
