@@ -302,7 +302,7 @@ def apply_cosmic_rays_to_observations(
         if fs not in sources:
             sources[fs] = make_source(model, user_seed, fs, n_workers=params.n_workers, cond=params.cond, allow_extrapolation=params.allow_extrapolation)
         names = [str(n) for n in np.atleast_1d(obs.name)]
-        _add_block(tod, names, sources[fs], observation_start_sample(obs), params, _wafer_names(obs, names, params), _observation_flags(obs, tod, params))
+        _add_block(tod, names, sources[fs], observation_start_sample(obs), params, observation_wafers(obs, names, params), _observation_flags(obs, tod, params))
 
 
 def _observation_flags(obs: Any, tod: np.ndarray, params: CosmicRayParams) -> np.ndarray | None:
@@ -316,7 +316,7 @@ def _observation_flags(obs: Any, tod: np.ndarray, params: CosmicRayParams) -> np
     return flags
 
 
-def _wafer_names(obs: Any, names: list[str], params: CosmicRayParams) -> list[str] | None:
+def observation_wafers(obs: Any, names: list[str], params: CosmicRayParams) -> list[str] | None:
     """The wafer of each detector: ``params.wafers``, else the observation's ``wafer`` attribute, else None."""
     if params.wafers is not None:
         missing = [n for n in names if n not in params.wafers]
@@ -379,4 +379,5 @@ __all__ = [
     "kcmb_per_pw",
     "make_source",
     "observation_start_sample",
+    "observation_wafers",
 ]

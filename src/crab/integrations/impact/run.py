@@ -363,10 +363,10 @@ def _glitch_tod(obs: Any, source: Any, names: list[str], params: Any, k_per_pw: 
     their truth rows: the same hits as the whole TOD that the bridge would add, without the model's noise."""
     from crab.generation.truth import glitch_signal  # noqa: PLC0415
     from crab.integrations.injection import assign_wafers, detector_keys  # noqa: PLC0415
-    from crab.integrations.litebird import _wafer_names, observation_start_sample  # noqa: PLC0415
+    from crab.integrations.litebird import observation_wafers, observation_start_sample  # noqa: PLC0415
 
     keys = detector_keys(names)
-    assign_wafers(source, keys, _wafer_names(obs, names, params))
+    assign_wafers(source, keys, observation_wafers(obs, names, params))
     sig = glitch_signal(source, keys, observation_start_sample(obs), obs.tod.shape[1])
     if sig is None:
         raise InputError("this model's method does not list its glitches (a joint-detector GAN): use signal 'tod' (--signal tod)")
