@@ -88,7 +88,7 @@ def test_event_channel_options(tmp_path, npz, capsys):
     mc = m.model_config
     assert (mc.event_channels, mc.noise_dim, mc.event_threshold, mc.event_subsample, mc.event_kernel) == (2, 48, 2.0, True, 9)
     assert m.generator.event_filter.conv.weight.shape == (4, 2, 9)
-    assert mc.additive_glitches and m.generator.additive.conv.weight.shape == (1, 2 * 3, 9)  # the default: glitches added in TOD units
+    assert mc.additive_glitches and tuple(m.generator.additive.table.shape) == (mc.pulse_bands, mc.pulse_phases, 9)  # the default: glitches added in TOD units
     assert mc.transform_out_scale == pytest.approx(m.transform.out_scale)
     assert json.loads((out / "config.json").read_text())["config"]["feature_weight"] == 0
     assert mc.latent_dim == mc.noise_dim + 8

@@ -54,6 +54,8 @@ def random_generator(seed: int = 0, **cfg) -> Generator:
         if g.additive is not None:
             g.additive.log_a0.normal_(0.0, 0.05)
             g.additive.log_c1.normal_(0.0, 0.02)
+            g.additive.table.normal_(0.0, 0.3)  # a pulse that changes with the height and the phase
+            g.additive.band_log_amp.copy_(torch.linspace(-2.0, 2.0, g.additive.n_bands))
     return g.eval()
 
 

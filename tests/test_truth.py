@@ -38,11 +38,21 @@ def _wafer_layer() -> WaferLayer:
     return WaferLayer(pop, couplings=[1.0, 0.8])
 
 
-def _gan_dir(path, zero_glitches: bool = False) -> str:
+def _gan_dir(path, zero_glitches: bool = False, fitted_law: bool = False) -> str:
     torch.manual_seed(3)
     g = Generator(ModelConfig(**CFG)).eval()
     with torch.no_grad():
         g.additive.log_a0.fill_(np.log(0.3) / g.additive.LR_MULT)
+        # pulses that widen with the height (decays of 1 to 3 samples from band to band), unit area
+        m = g.additive
+        lag = np.arange(m.kernel) - m.half
+        for b, tau in enumerate(np.linspace(1.0, 3.0, m.n_bands)):
+            for j, p in enumerate(np.linspace(0.0, 1.0, m.n_phases)):
+                k = np.where(lag >= 0, np.exp(-np.maximum(lag - p, 0.0) / tau), 0.0) * (lag - p > -1)
+                m.table[b, j] = torch.from_numpy(k / k.sum())
+        m.band_log_amp.copy_(torch.linspace(np.log(0.1), np.log(3.0), m.n_bands))
+        if fitted_law:  # a tabulated amplitude law; 60 % of the events place no glitch
+            m.set_law(np.linspace(np.log(0.2), np.log(30.0), m.LAW_POINTS), zero_fraction=0.6)
         if zero_glitches:  # the same generator without its additive glitches (A = 0)
             g.additive.log_a0.fill_(-1e3)
     path.mkdir(parents=True, exist_ok=True)
@@ -54,7 +64,7 @@ def _gan_dir(path, zero_glitches: bool = False) -> str:
 @pytest.fixture(scope="module")
 def gan_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("truth_gan")
-    return _gan_dir(root / "with"), _gan_dir(root / "without", zero_glitches=True)
+    return _gan_dir(root / "with"), _gan_dir(root / "without", zero_glitches=True), _gan_dir(root / "fitted", fitted_law=True)
 
 
 def _template(noise: bool = True) -> TemplateModel:
@@ -63,10 +73,12 @@ def _template(noise: bool = True) -> TemplateModel:
                          wafer=_wafer_layer().population, fit_info={"n_detectors": 2})
 
 
-def test_gan_truth_reproduces_the_additive_glitches(gan_dirs, tmp_path):
+@pytest.mark.parametrize("law", ["pareto", "fitted"])
+def test_gan_truth_reproduces_the_additive_glitches(gan_dirs, tmp_path, law):
     """The generated TOD minus the same generator's TOD without additive glitches is the sum of the truth
-    table's pulses (float32 precision), and the wafer rows render the wafer's part."""
-    with_dir, without_dir = gan_dirs
+    table's pulses (float32 precision), and the wafer rows render the wafer's part; with a fitted
+    amplitude law the events without a glitch are not listed."""
+    with_dir, without_dir = gan_dirs[0] if law == "pareto" else gan_dirs[2], gan_dirs[1]
     n = 3 * 16384 + 123
     a = generate_to_file(TodGenerator(load_generation_model(with_dir), 4, n_workers=1), tmp_path / "a.h5", n / FS, 3, progress=False)
     b = generate_to_file(TodGenerator(load_generation_model(without_dir), 4, n_workers=1), tmp_path / "b.h5", n / FS, 3, progress=False, truth=False)
@@ -77,7 +89,7 @@ def test_gan_truth_reproduces_the_additive_glitches(gan_dirs, tmp_path):
     direct, wafer = ev.select(ev.kind == EVENT_KIND_DIRECT), ev.select(ev.kind == EVENT_KIND_WAFER)
     assert set(np.unique(direct.detector)) == {0, 1, 2} and np.all(wafer.detector == -1)
     assert set(np.unique(wafer.wafer)) == {0, 1}  # 3 detectors on wafers of 2: wafers 0 and 1, each listed once
-    assert set(np.unique(direct.family)) == {0, 1} and np.all(np.isfinite(direct.amplitude))
+    assert set(np.unique(direct.family)) == {0, 1} and np.all(np.isfinite(direct.amplitude)) and np.all(direct.amplitude > 0)
     assert np.all(np.diff(ev.time_s) >= 0)
     src = TodGenerator(load_generation_model(with_dir), 4).source
     for d in range(3):

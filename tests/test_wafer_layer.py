@@ -189,16 +189,16 @@ def test_direct_fit_recovers_pulse_and_amplitude_law(synthetic_tod, tmp_path, us
     ev = EventTable(time_s=truth["time_s"], detector=truth["detector"], charge_z=np.ones(truth["time_s"].size),
                     energy_kev=np.ones(truth["time_s"].size), kind=np.full(truth["time_s"].size, EVENT_KIND_DIRECT))
     src = TodSource(tod=tod, sampling_rate_hz=FS, detectors=["a", "b"], path=tmp_path / "x.h5", events=ev if use_truth else None)
-    fit = fit_direct_hits([src], use_truth=use_truth, kernel=17, n_bands=2, n_basis=3)
+    fit = fit_direct_hits([src], use_truth=use_truth, kernel=17, n_bands=2, n_phases=3)
     assert fit.source == ("truth" if use_truth else "detected")
     assert np.median(fit.tau_quantiles_s([0.5])) == pytest.approx(0.15, rel=0.1)
     x_med, alpha = pareto_law(fit.amplitude)
     # detections miss the heights near the threshold (5 sigma = 0.25): a higher median
     assert x_med == pytest.approx(np.median(truth["amplitude"]), rel=0.1 if use_truth else 0.3)
     assert alpha == pytest.approx(1.0, rel=0.2)
-    # the mean pulse at phase 1/2: peak 1, then the exponential decay of 0.15 s (2.85 samples)
-    pulse = (fit.profiles[1] * 0.5 ** np.arange(3)[:, None]).sum(0)[::-1]  # lags -8 .. 8
-    assert pulse.max() == pytest.approx(1.0) and abs(pulse[:8]).max() < 0.1
+    # the mean pulse at phase 1/2 (unit area): nothing before the hit, then the exponential decay of 0.15 s (2.85 samples)
+    pulse = fit.profiles[1, 1]  # lags -8 .. 8, time order
+    assert fit.profiles[1].sum(axis=1).mean() == pytest.approx(1.0, rel=1e-6) and abs(pulse[:8]).max() < 0.1 * pulse.max()
     k = int(np.argmax(pulse))
     assert pulse[k + 3] / pulse[k] == pytest.approx(np.exp(-3 / (0.15 * FS)), abs=0.08)
 
@@ -260,3 +260,18 @@ def test_training_fits_the_layer_with_truth_and_goes_without(wafer_mc, tmp_path)
     m2 = load_model(tmp_path / "m2")
     assert m2.wafer_layer is None and "no truth table" in m2.extra["wafer_layer_note"]
     assert TodGenerator(m2, 1, n_workers=1).generate(5, 0, 2000).shape == (5, 2000)
+
+
+def test_energy_lookup_matches_quantile_interpolation():
+    """sample_energy (a lookup on a uniform probability grid between 0.01 and 0.99) equals the log-linear
+    interpolation of the quantiles: to 1e-9 away from the quantile knots, 1e-3 next to them."""
+    from crab.models.glitch_layer.population import ENERGY_GRID
+
+    q = np.exp(np.sort(np.random.default_rng(0).normal(6.0, 2.0, len(QUANTILE_P))))
+    pop = GlitchPopulation("wafer", 15.0, energy_quantiles_kev=list(q), response_tau_s=[0.3], response_pw_per_kev=[1e-3])
+    u = np.random.default_rng(1).random(200_000)
+    exact = np.exp(np.interp(u, QUANTILE_P, np.log(q)))
+    rel = np.abs(pop.sample_energy(u) / exact - 1.0)
+    near_knot = np.min(np.abs(u[:, None] - np.asarray(QUANTILE_P)[None, :]), axis=1) < 1.0 / ENERGY_GRID
+    assert rel[~near_knot].max() < 1e-9 and rel.max() < 1e-3
+    assert pop.sample_energy(np.array([0.0]))[0] == pytest.approx(q[0])

@@ -18,7 +18,7 @@ from crab.models.gan.config import LEGACY_TRAIN_FIELDS, ModelConfig, TrainConfig
 CHECKPOINT_FILE = "checkpoint.pt"
 BEST_FILE = "best.pt"
 CHECKPOINT_FORMAT = "crab-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: the additive glitches' pulse table
 
 #: TrainConfig fields that may differ when resuming (everything else must match).
 RESUMABLE_CHANGES = ("epochs", "num_threads", "snapshot_every")

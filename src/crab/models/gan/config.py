@@ -104,6 +104,10 @@ class ModelConfig:
         Add the glitches of the event channels in TOD units, before the amplitude transform
         (:class:`crab.models.gan.network.AdditiveGlitches`), instead of letting the network draw them.
         Needs event channels and ``event_kernel``.
+    pulse_bands, pulse_phases : int
+        The additive glitches' pulse table: pulses for ``pulse_bands`` heights and
+        ``pulse_phases`` sub-sample phases, interpolated between them
+        (:class:`crab.models.gan.network.AdditiveGlitches`).
     transform_out_scale : float or None
         ``k`` of the amplitude transform (:class:`crab.models.gan.transform.AmplitudeTransform`),
         needed by ``additive_glitches`` and ``discriminator_peak_view``; set by the trainer.
@@ -129,6 +133,8 @@ class ModelConfig:
     event_subsample: bool = True
     event_kernel: int = 33
     additive_glitches: bool = True
+    pulse_bands: int = 4
+    pulse_phases: int = 8
     transform_out_scale: float | None = None
     n_upsample: int = field(default=4, init=False)
 
@@ -156,6 +162,8 @@ class ModelConfig:
             raise ValueError(f"event_subsample needs a Gaussian noise channel besides the event channels (noise_dim / {self.upsample_factor} > event_channels)")
         if self.event_kernel < 0 or (self.event_kernel and self.event_kernel % 2 == 0):
             raise ValueError(f"event_kernel must be 0 or an odd length, got {self.event_kernel}")
+        if self.pulse_bands < 1 or self.pulse_phases < 2:
+            raise ValueError(f"pulse_bands must be >= 1 and pulse_phases >= 2, got {self.pulse_bands}, {self.pulse_phases}")
         if self.has_additive_glitches and self.out_channels > 1 and not self.shared_latent_dim:
             raise ValueError("additive_glitches needs one output channel per network run: out_channels 1, or shared_latent_dim > 0 for a wafer")
         if self.transform_out_scale is not None:
@@ -283,9 +291,11 @@ class TrainConfig:
         generation, seen by every detector of the wafer.  Needs truth tables (Monte Carlo
         files); without them, or with conditions or joint detectors, it is not used.
     fit_pulses : bool
-        Start the generator's additive glitches (pulse per event channel, amplitude law) from the
-        direct hits fitted on the training data (:mod:`crab.models.gan.pulses`; event times from
-        the truth table, else from the glitch finder) instead of generic decays.
+        Fit the direct hits of the generator's additive glitches on the training data and keep
+        them: the pulse table (a pulse per height band and sub-sample phase) and the amplitude
+        law (the quantiles of the hits' areas, and their rate) (:mod:`crab.models.gan.pulses`;
+        hit times from the truth table, else from the glitch finder).  Off: a generic table and a
+        Pareto law per event channel, learned adversarially (``learned_pulses`` configuration).
     joint_detectors : bool
         Generate all detectors of a file jointly (one multi-channel window per wafer); every file
         must have the same number of detectors.
@@ -328,7 +338,7 @@ class TrainConfig:
     num_threads: int | None = None
     condition_on: tuple[str, ...] = ()
     wafer_layer: bool = True
-    fit_pulses: bool = False
+    fit_pulses: bool = True
     joint_detectors: bool = False
     snapshot_every: int = 0
 

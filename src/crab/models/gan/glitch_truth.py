@@ -2,16 +2,20 @@
 
 A generator with additive glitches (:class:`crab.models.gan.network.AdditiveGlitches`)
 places each glitch explicitly: an event latent ``|z| > threshold`` of event
-channel ``c`` at full-rate sample ``e`` adds ``s A K_c(p)`` to the TOD, with
+channel ``c`` at full-rate sample ``e`` adds ``s A K(ln A, p)`` to the TOD, with
 ``s`` the amplitude transform's linear scale (TOD units), ``A`` the channel's
-Pareto amplitude of ``z``, ``p`` the sub-sample phase and ``K_c(p) = K_c0 + p K_c1
-+ p^2 K_c2`` the channel's pulse, tap ``i`` on sample ``e - h + i``.  A truth row
-records the hit at ``time_s = (e + p) / f_s``, ``sample = e``, ``family = c`` and
-``amplitude`` = the pulse's value of largest magnitude (its peak, TOD units);
-the pulse is rendered back as ``amplitude K_c(p) / peak(K_c(p))``.
+Pareto amplitude of ``z``, ``p`` the sub-sample phase and ``K`` the pulse table
+(:meth:`crab.models.gan.network.AdditiveGlitches.event_pulses`), tap ``i`` on
+sample ``e - h + i``.  A truth row records the hit at ``time_s = (e + p) /
+f_s``, ``sample = e``, ``family = c`` and ``amplitude`` = the pulse's value of
+largest magnitude (its peak, TOD units).  Rendering a row back finds the
+``A`` whose pulse has that peak (bisection in ``ln A``: the peak grows with
+``A``; exact when the table has one height band).
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 
@@ -46,19 +50,29 @@ class AdditiveGlitchTruth:
         self.latent_dim = int(generator.input_latent_dim)
         self.noise_dim = int(cfg.noise_dim)
         self.n_events = int(cfg.event_channels)
-        with torch.no_grad():
-            w = self.module.pulse_weight().detach().to(torch.float32)
-            self.kernels = w.reshape(self.n_events, self.module.n_basis, -1).flip(2).numpy().astype(np.float64)  # time order
-        self.half = self.kernels.shape[2] // 2
+        self.pulse_module = copy.deepcopy(self.module).double().requires_grad_(False)  # the pulses in float64
+        self.half = self.module.half
 
-    def _pulses(self, family: np.ndarray, phase: np.ndarray) -> np.ndarray:
-        """``K_c(p)`` of each event (events, taps), float64."""
-        k = self.kernels[family]
-        out = k[:, 0].copy()
-        if k.shape[1] > 1:
-            p = phase[:, None]
-            out += p * k[:, 1] + p * p * k[:, 2]
-        return out
+    def _pulses(self, amp: np.ndarray, phase: np.ndarray) -> np.ndarray:
+        """The pulses ``A K(ln A, p)`` (events, taps) of amplitudes ``amp`` (transform-scale units), float64."""
+        import torch
+
+        with torch.no_grad():
+            ph = torch.from_numpy(np.asarray(phase, dtype=np.float64)) if self.module.subsample else None
+            return self.pulse_module.event_pulses(torch.from_numpy(np.asarray(amp, dtype=np.float64)), ph).numpy()
+
+    def _amplitude_of_peak(self, peak: np.ndarray, phase: np.ndarray) -> np.ndarray:
+        """The ``A`` (transform-scale units) whose pulse at ``phase`` has the peak ``peak`` (same units)."""
+        target = np.abs(np.asarray(peak, dtype=np.float64))
+        if self.module.n_bands == 1 or target.size == 0:
+            unit = np.abs(self._peak(self._pulses(np.ones_like(target), phase)))
+            return target / np.where(unit > 0, unit, 1.0)
+        lo, hi = np.log(np.maximum(target, 1e-300)) - 12.0, np.log(np.maximum(target, 1e-300)) + 12.0
+        for _ in range(64):
+            mid = 0.5 * (lo + hi)
+            above = np.abs(self._peak(self._pulses(np.exp(mid), phase))) > target
+            hi, lo = np.where(above, mid, hi), np.where(above, lo, mid)
+        return np.exp(0.5 * (lo + hi))
 
     @staticmethod
     def _peak(pulses: np.ndarray) -> np.ndarray:
@@ -81,7 +95,9 @@ class AdditiveGlitchTruth:
         with torch.no_grad():
             amp = self.module.amplitudes(value, self.gen.log_amplitude_cap, torch.from_numpy(ch)).numpy().astype(np.float64)
             phase = event_phase(torch.from_numpy(np.ascontiguousarray(full[pos, 0]))).numpy().astype(np.float64) if self.module.subsample else np.zeros(len(pos))
-        peak = self._peak(self._pulses(ch, phase))
+        glitch = amp > 0  # a fitted amplitude law gives some events no glitch
+        pos, ch, amp, phase = pos[glitch], ch[glitch], amp[glitch], phase[glitch]
+        peak = self._peak(self._pulses(amp, phase))
         sample = t * TL * f + pos.astype(np.int64)
         n = len(pos)
         return EventTable(
@@ -90,7 +106,7 @@ class AdditiveGlitchTruth:
             charge_z=np.zeros(n),
             energy_kev=np.full(n, np.nan),
             kind=np.full(n, EVENT_KIND_DIRECT),
-            amplitude=self.scale * amp * peak,
+            amplitude=self.scale * peak,
             sample=sample,
             wafer=np.full(n, wafer),
             family=ch,
@@ -99,15 +115,13 @@ class AdditiveGlitchTruth:
 
     def render(self, events: EventTable, first_sample: int, n_samples: int) -> np.ndarray:
         """The pulses (float64, ``n_samples``) of the rows ``events`` on ``[first_sample, first_sample + n_samples)``."""
-        out = np.zeros(int(n_samples) + self.kernels.shape[2])
+        out = np.zeros(int(n_samples))
         if not len(events):
             return out[: int(n_samples)]
         phase = events.time_s * self.fs - events.sample
-        pulses = self._pulses(events.family.astype(np.int64), phase)
-        peak = self._peak(pulses)
-        safe = np.where(peak != 0, peak, 1.0)
-        y = np.where(peak[:, None] != 0, events.amplitude[:, None] * pulses / safe[:, None], 0.0)
-        idx = (events.sample - self.half - int(first_sample))[:, None] + np.arange(pulses.shape[1])[None, :]
+        amp = self._amplitude_of_peak(events.amplitude / self.scale, phase)
+        y = self.scale * self._pulses(amp, phase)
+        idx = (events.sample - self.half - int(first_sample))[:, None] + np.arange(y.shape[1])[None, :]
         keep = (idx >= 0) & (idx < n_samples)
         return np.bincount(idx[keep], weights=y[keep], minlength=int(n_samples))[: int(n_samples)]
 
@@ -117,7 +131,9 @@ class AdditiveGlitchTruth:
         return self.half + 1
 
     def rate_hz(self) -> float:
-        """Expected glitches per second of one detector: ``2 P(Z > threshold) * channels * f_s``."""
+        """Expected glitches per second of one detector: ``2 P(Z > threshold) * channels * f_s``
+        (times ``1 - q_0`` with a fitted amplitude law)."""
         from math import erfc, sqrt
 
-        return erfc(self.module.threshold / sqrt(2.0)) * self.n_events * self.fs
+        kept = 1.0 - float(self.module.law_zero_fraction.item()) if self.module.law_fitted else 1.0
+        return erfc(self.module.threshold / sqrt(2.0)) * self.n_events * self.fs * kept

@@ -156,18 +156,15 @@ class _AdditivePulses:
 
     Attributes
     ----------
-    amplitude_law : AdditiveGlitches
-        A frozen copy of the module, for its amplitude law (``amplitudes``).
-    kernels : torch.Tensor, shape (n_events, n_basis, n_taps) float32
-        The pulse bases in time order (tap ``i`` adds to sample ``e - n_taps // 2 + i``).
+    module : AdditiveGlitches
+        A frozen copy of the module: its amplitude law (``amplitudes``) and pulses (``event_pulses``).
     out_scale : float
         ``k`` of the amplitude transform (``Generator.out_scale``).
     log_amplitude_cap : float
         ``Generator.log_amplitude_cap``.
     """
 
-    amplitude_law: Any
-    kernels: Any
+    module: Any
     out_scale: float
     log_amplitude_cap: float
 
@@ -343,25 +340,12 @@ class CompiledGenerator:
         phase = event_phase(full[pos, 0]) if subsample else None
         return pos, ch, value, phase
 
-    @staticmethod
-    def _scatter(out, pos, taps, first: int) -> None:
-        """Add per-event taps (events, n_taps, c) to ``out`` (n, c): event ``e``'s tap ``j`` lands on sample
-        ``pos[e] + first + j`` (dropped outside ``[0, n)``)."""
-        import torch
-
-        n, n_taps = out.shape[0], taps.shape[1]
-        idx = (pos[:, None] + (first + torch.arange(n_taps))[None, :]).reshape(-1)
-        taps = taps.reshape(-1, taps.shape[2])
-        keep = (idx >= 0) & (idx < n)
-        if not bool(keep.all()):
-            idx, taps = idx[keep], taps[keep]
-        out.index_put_((idx,), taps, accumulate=True)
-
     def _event_inputs(self, full, events):
         """:func:`crab.models.gan.network.event_noise` and the event pulses
         (:class:`crab.models.gan.network.EventFilter`) of the noise inputs, from their ``events``
-        (:meth:`_events`): (n_samples, n_noise [+ 2 n_events]), channels-last, filled with one
-        scatter-add of every event's values and pulse taps."""
+        (:meth:`_events`): (n_samples, n_noise [+ 2 n_events]), channels-last.  Each event's value
+        lands on its channel (split with the next sample by its phase) and its pulse taps are
+        scatter-added to a padded buffer, cropped to the run's samples (a part beyond them is dropped)."""
         import torch
 
         n_ev = self.events[0]
@@ -369,38 +353,37 @@ class CompiledGenerator:
         pos, ch, value, phase = events
         # each event's value on its sample, split with the next one by its phase
         split = value[:, None] if phase is None else torch.stack([value - value * phase, value * phase], 1)  # (events, 1 or 2)
-        h = 0
-        n_pulses = 0
+        s = split.shape[1]
+        ev = torch.zeros(n + s, n_ev)
+        for j in range(s):
+            ev.index_put_((pos + j, ch), split[:, j], accumulate=True)
+        parts = [full[:, :k], ev[:n]]
         if self.event_filter is not None:
-            w, h = self.event_filter.weights, self.event_filter.half
-            n_pulses = w.shape[2]
-        taps = torch.zeros(len(pos), 2 * h + split.shape[1], n_ev + n_pulses)
-        taps[torch.arange(len(pos))[:, None], h + torch.arange(split.shape[1])[None, :], ch[:, None]] = split
-        if n_pulses:
+            w, h = self.event_filter.weights, self.event_filter.half  # (n_ev, taps, pulses), time order
+            taps = torch.zeros(len(pos), 2 * h + s, w.shape[2])
             wc = w[ch]
-            for j in range(split.shape[1]):  # the pulse of each part of the event, from its sample on
-                taps[:, j : j + 2 * h + 1, n_ev:] += split[:, j, None, None] * wc
-        out = torch.zeros(n, full.shape[1] + n_pulses)
-        out[:, :k] = full[:, :k]
-        self._scatter(out[:, k:], pos, taps, -h)
-        return out
+            for j in range(s):  # the pulse of each part of the event, from its sample on
+                taps[:, j : j + 2 * h + 1] += split[:, j, None, None] * wc
+            pulses = torch.zeros(n + 2 * h + s, w.shape[2])  # row r: sample r - h
+            pulses.index_add_(0, (pos[:, None] + torch.arange(2 * h + s)[None, :]).reshape(-1), taps.reshape(-1, w.shape[2]))
+            parts.append(pulses[h : h + n])
+        return torch.cat(parts, 1)
 
     def _additive_pulses(self, events, n: int):
         """The summed pulses of :class:`crab.models.gan.network.AdditiveGlitches` (torch (n,)) of the
         ``events`` (:meth:`_events`)."""
         import torch
 
-        kernels = self.additive.kernels
+        module = self.additive.module
         pos, ch, value, phase = events
-        h = kernels.shape[2] // 2
-        amp = self.additive.amplitude_law.amplitudes(value, self.additive.log_amplitude_cap, ch)
-        pulse = kernels[ch, 0]  # (events, taps), tap i adds to sample pos - h + i
-        if phase is not None:
-            p = phase[:, None]
-            pulse = pulse + p * kernels[ch, 1] + (p * p) * kernels[ch, 2]
-        out = torch.zeros(n, 1)
-        self._scatter(out, pos, (amp[:, None] * pulse)[:, :, None], -h)
-        return out[:, 0]
+        amp = module.amplitudes(value, self.additive.log_amplitude_cap, ch)
+        glitch = amp > 0  # a fitted amplitude law leaves some events without a glitch
+        pos, amp = pos[glitch], amp[glitch]
+        pulse = module.event_pulses(amp, None if phase is None else phase[glitch])  # (events, taps), tap i on sample pos - half + i
+        K, h = pulse.shape[1], module.half
+        out = torch.zeros(n + K)  # row r: sample r - h
+        out.index_add_(0, (pos[:, None] + torch.arange(K)[None, :]).reshape(-1), pulse.reshape(-1))
+        return out[h : h + n]
 
 
 # ---------------------------------------------------------------------------- compilation
@@ -560,10 +543,8 @@ def compile_generator(generator: Generator) -> CompiledGenerator:
         event_filter = _EventPulses(conv.weight.detach().to(torch.float32).permute(1, 2, 0).flip(1).contiguous(), conv.kernel_size[0] // 2)
     additive = None
     if generator.additive is not None:  # present when cfg.has_additive_glitches
-        module = generator.additive
-        kernels = module.pulse_weight().detach().to(torch.float32).reshape(module.n_events, module.n_basis, -1).flip(2).contiguous()
-        law = copy.deepcopy(module).requires_grad_(False)
-        additive = _AdditivePulses(law, kernels, generator.out_scale, generator.log_amplitude_cap)
+        module = copy.deepcopy(generator.additive).float().requires_grad_(False)
+        additive = _AdditivePulses(module, generator.out_scale, generator.log_amplitude_cap)
     bounds = cfg.output_bounds
     return CompiledGenerator(
         layers=layers,

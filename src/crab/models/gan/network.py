@@ -159,76 +159,163 @@ class AdditiveGlitches(nn.Module):
         E = \ln \frac{P(|Z| > t)}{P(|Z| > |z|)} \sim \mathrm{Exp}(1),
 
     a Pareto distribution ``P(A > a) = (a / a_i)^{-1 / c_i}`` above ``a_i``
-    (capped at ``exp(log_amax)``), and the pulse ``K_i0 + p K_i1 + p^2 K_i2``
-    around its sample, ``p`` its sub-sample phase (``event_subsample``; the
-    phase of :func:`event_noise`, ``Phi`` of the first Gaussian noise channel),
-    so that a learned pulse can move by a fraction of a sample.
-    ``forward`` returns the sum of all pulses (batch, 1, n_samples).
+    (capped at ``exp(log_amax)``), or, once :meth:`set_law` has fitted the
+    law on training data, ``A = Q((q - q_0) / (1 - q_0))`` with ``q = 1 -
+    e^{-E}`` uniform, ``Q`` the data's quantile function (tabulated at
+    :data:`LAW_POINTS` equal steps, ``ln A`` linear between them) and the
+    events with ``q < q_0`` of amplitude 0 (no glitch), so that the channels
+    place the data's glitches per second; and the pulse ``A K(ln A, p)`` around its
+    sample, with ``p`` its sub-sample phase (``event_subsample``: the phase of
+    :func:`event_noise`, ``Phi`` of the first Gaussian noise channel).
 
-    The pulses start as causal exponential decays of 1 and 6 samples split
-    linearly between the event's sample and the next (``K_i1 = K_i0(t - 1) -
-    K_i0(t)``, ``K_i2 = 0``), ``a_i = 0.5`` and ``c_i = 1`` (the Monte Carlo's
-    amplitude slope is about 2).  ``a_i`` and ``c_i`` are stored as
-    ``log(.) / LR_MULT`` (equalised learning rate: with Adam, a parameter
-    moves by about the learning rate per step, too slow for a log-amplitude).
+    The pulse *table* ``K`` (``n_bands`` x ``n_phases`` x ``kernel`` taps in
+    time order: tap ``j`` adds to the sample ``j - kernel // 2`` after the
+    event's) holds one pulse per height band and phase; an event's pulse
+    is its bilinear interpolation: linear in ``ln A`` between the band centres
+    ``band_log_amp`` (constant beyond the first and last) and linear in ``p``
+    between the phases ``j / (n_phases - 1)``.  So the shape of a glitch
+    depends on its height (a Monte Carlo TES saturates: large hits decay
+    differently) and moves by fractions of a sample with its phase (the
+    anti-alias filter's response to a hit between two samples).  The table
+    starts from the pulses fitted on the training data
+    (:func:`crab.models.gan.pulses.init_additive_glitches`) or, without a fit,
+    as causal decays of one sample split linearly between the event's sample
+    and the next; training adjusts it adversarially.  ``a_i`` and ``c_i`` are
+    stored as ``log(.) / LR_MULT`` (equalised learning rate: with Adam, a
+    parameter moves by about the learning rate per step, too slow for a
+    log-amplitude).
+
+    :meth:`event_pulses` is the one definition of a pulse: training
+    (:meth:`forward`), the compiled generator and the truth of generated
+    glitches (:mod:`crab.models.gan.glitch_truth`) all call it.
     """
 
     #: Learning-rate multiplier of the amplitude parameters (see class docstring).
     LR_MULT = 20.0
+    #: Points of the fitted amplitude law's quantile table (:meth:`set_law`).
+    LAW_POINTS = 257
 
-    def __init__(self, n_events: int, kernel: int, threshold: float, subsample: bool) -> None:
+    def __init__(self, n_events: int, kernel: int, threshold: float, subsample: bool, n_bands: int = 1, n_phases: int = 2) -> None:
         super().__init__()
         self.n_events, self.threshold, self.subsample = int(n_events), float(threshold), bool(subsample)
+        self.kernel = int(kernel)
+        self.n_bands = int(n_bands)
+        self.n_phases = int(n_phases) if self.subsample else 1
+        if self.n_bands < 1 or self.n_phases < (2 if self.subsample else 1):
+            raise ValueError(f"pulse table needs >= 1 band and >= 2 phases with event_subsample, got {n_bands} x {n_phases}")
         self._log_tail = float(torch.special.log_ndtr(torch.tensor(-self.threshold)))  # ln P(Z > t) (float32, as the latents)
-        self.n_basis = 3 if self.subsample else 1
-        self.conv = nn.Conv1d(self.n_events * self.n_basis, 1, kernel, padding=kernel // 2, bias=False)
+        self.table = nn.Parameter(torch.zeros(self.n_bands, self.n_phases, self.kernel))
+        self.register_buffer("band_log_amp", torch.zeros(self.n_bands))
+        self.register_buffer("law_log_quantiles", torch.zeros(self.LAW_POINTS))
+        self.register_buffer("law_zero_fraction", torch.full((1,), -1.0))  # < 0: the Pareto law
         self.log_a0 = nn.Parameter(torch.zeros(self.n_events))
         self.log_c1 = nn.Parameter(torch.zeros(self.n_events))
         self.reset_parameters()
 
+    @property
+    def half(self) -> int:
+        """Taps before (and after) the event's sample: tap ``j`` adds to sample ``pos - half + j``."""
+        return self.kernel // 2
+
     def reset_parameters(self) -> None:
-        k = self.conv.kernel_size[0]
-        w = torch.zeros_like(self.conv.weight)
-        for i in range(self.n_events):
-            k0 = causal_decay(k, (1.0, 6.0)[i % 2])
-            w[0, i * self.n_basis] = k0
-            if self.subsample:  # the linear split (1 - p, p): K(t) + p (K(t - 1) - K(t))
-                k1 = torch.zeros(k)
-                k1[:-1] = k0[1:]
-                w[0, i * self.n_basis + 1] = k1 - k0
+        """Causal one-sample decays split linearly by the phase; bands centred on ``A`` = 0.5 .. 50, ``a_i = 0.5``, ``c_i = 1``."""
+        k0 = causal_decay(self.kernel, 1.0).flip(0)  # time order: the event sample at tap h, decay after it
+        k1 = torch.zeros(self.kernel)
+        k1[1:] = k0[:-1]  # one sample later
+        p = torch.linspace(0.0, 1.0, self.n_phases) if self.n_phases > 1 else torch.zeros(1)
         with torch.no_grad():
-            self.conv.weight.copy_(w)
+            self.table.copy_(((1 - p)[:, None] * k0 + p[:, None] * k1).expand(self.n_bands, -1, -1))
+            self.band_log_amp.copy_(torch.linspace(math.log(0.5), math.log(50.0), self.n_bands) if self.n_bands > 1 else torch.zeros(1))
             self.log_a0.fill_(math.log(0.5) / self.LR_MULT)
             self.log_c1.zero_()
 
-    def pulse_weight(self) -> torch.Tensor:
-        """The pulse taps (``conv.weight``: events x basis, 1, taps)."""
-        return self.conv.weight
+    def set_table(self, table, band_log_amp) -> None:
+        """Set the pulse table ``(n_bands, n_phases, kernel)`` (time order) and the bands' ``ln A`` centres (increasing)."""
+        t = torch.as_tensor(np.asarray(table, dtype=np.float32))
+        c = torch.as_tensor(np.asarray(band_log_amp, dtype=np.float32)).reshape(-1)
+        if tuple(t.shape) != tuple(self.table.shape) or c.shape[0] != self.n_bands or bool((c[1:] <= c[:-1]).any()):
+            raise ValueError(f"pulse table must be {tuple(self.table.shape)} with {self.n_bands} increasing band centres, got {tuple(t.shape)}, {c.tolist()}")
+        with torch.no_grad():
+            self.table.copy_(t)
+            self.band_log_amp.copy_(c)
+
+    def set_law(self, log_quantiles, zero_fraction: float) -> None:
+        """Fit the amplitude law: ``ln A`` at the probabilities ``0 .. 1`` in :data:`LAW_POINTS` equal
+        steps (increasing), and the fraction ``q_0`` of events of amplitude 0."""
+        q = torch.as_tensor(np.asarray(log_quantiles, dtype=np.float32)).reshape(-1)
+        if q.shape[0] != self.LAW_POINTS or not bool(torch.isfinite(q).all()) or bool((q[1:] < q[:-1]).any()) or not 0.0 <= zero_fraction < 1.0:
+            raise ValueError(f"amplitude law needs {self.LAW_POINTS} finite increasing log quantiles and 0 <= zero_fraction < 1")
+        with torch.no_grad():
+            self.law_log_quantiles.copy_(q)
+            self.law_zero_fraction.fill_(float(zero_fraction))
+
+    @property
+    def law_fitted(self) -> bool:
+        """Whether the amplitude law is the fitted quantile table (:meth:`set_law`), not the Pareto law."""
+        return bool(self.law_zero_fraction.item() >= 0)
 
     def scale_index(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(a, c)`` of every event channel: Pareto scale (transform-scale units) and 1 / index."""
         return torch.exp(self.LR_MULT * self.log_a0), torch.exp(self.LR_MULT * self.log_c1)
 
     def log_amplitudes(self, z: torch.Tensor, channel: torch.Tensor | None = None) -> torch.Tensor:
-        """``log A`` (uncapped) of event latents: ``z`` (..., n_events, n) of the event channels, or
-        values ``z`` (m,) of the channels ``channel`` (m,).  Meaningful where ``|z| > threshold``."""
+        """``log A`` (uncapped; -inf for no glitch) of event latents: ``z`` (..., n_events, n) of the
+        event channels, or values ``z`` (m,) of the channels ``channel`` (m,).  Meaningful where ``|z| > threshold``."""
+        e = (self._log_tail - torch.special.log_ndtr(-z.abs())).clamp(min=0)
+        if self.law_fitted:
+            q0 = self.law_zero_fraction[0]
+            q = -torch.expm1(-e)  # 1 - exp(-E): uniform in [0, 1)
+            x = ((q - q0) / (1.0 - q0)).clamp(min=0.0) * (self.LAW_POINTS - 1)
+            j = torch.clamp(torch.floor(x), max=self.LAW_POINTS - 2).long()
+            t = self.law_log_quantiles
+            out = t[j] + (x - j) * (t[j + 1] - t[j])
+            return torch.where(q < q0, torch.full_like(out, -math.inf), out)
         a, c = self.LR_MULT * self.log_a0, torch.exp(self.LR_MULT * self.log_c1)
         a, c = (a[:, None], c[:, None]) if channel is None else (a[channel], c[channel])
-        e = (self._log_tail - torch.special.log_ndtr(-z.abs())).clamp(min=0)
         return a + c * e
 
     def amplitudes(self, z: torch.Tensor, log_amax: float, channel: torch.Tensor | None = None) -> torch.Tensor:
-        """``A`` of event latents (as :meth:`log_amplitudes`), capped at ``exp(log_amax)``."""
+        """``A`` of event latents (as :meth:`log_amplitudes`; 0 for no glitch), capped at ``exp(log_amax)``."""
         return torch.exp(torch.clamp(self.log_amplitudes(z, channel), max=log_amax))
 
+    @staticmethod
+    def _hat(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Linear interpolation on the grid ``0 .. n - 1``: lower index and weight of the upper one, for ``x`` clamped to the grid."""
+        if n == 1:
+            return torch.zeros_like(x, dtype=torch.long), torch.zeros_like(x)
+        x = x.clamp(0.0, n - 1.0)
+        j = torch.clamp(torch.floor(x), max=n - 2).long()
+        return j, x - j
+
+    def event_pulses(self, amp: torch.Tensor, phase: torch.Tensor | None) -> torch.Tensor:
+        """The pulses ``A K(ln A, p)`` (m, kernel), time order, of events of amplitudes ``amp`` (m,) and phases ``phase`` (m,) or None."""
+        c = self.band_log_amp
+        u = torch.log(amp.clamp(min=1e-30))
+        if self.n_bands > 1:  # band coordinate: piecewise linear through (c_b, b)
+            j = torch.clamp(torch.searchsorted(c, u.detach().contiguous()) - 1, 0, self.n_bands - 2)
+            xb = j + (u - c[j]) / (c[j + 1] - c[j])
+        else:
+            xb = torch.zeros_like(u)
+        jb, fb = self._hat(xb, self.n_bands)
+        xp = torch.zeros_like(u) if phase is None or self.n_phases == 1 else phase * (self.n_phases - 1)
+        jp, fp = self._hat(xp, self.n_phases)
+        T = self.table
+        jb1, jp1 = torch.clamp(jb + 1, max=self.n_bands - 1), torch.clamp(jp + 1, max=self.n_phases - 1)
+        fb, fp = fb[:, None], fp[:, None]
+        lo = (1 - fp) * T[jb, jp] + fp * T[jb, jp1]
+        hi = (1 - fp) * T[jb1, jp] + fp * T[jb1, jp1]
+        return amp[:, None] * ((1 - fb) * lo + fb * hi)
+
     def forward(self, z: torch.Tensor, gauss0: torch.Tensor, log_amax: float) -> torch.Tensor:
-        """Pulses of the raw event latents ``z`` (batch, n_events, n) with phases from ``gauss0`` (batch, 1, n)."""
-        hit = z.abs() > self.threshold
-        amp = torch.where(hit, self.amplitudes(z, log_amax), torch.zeros_like(z))
-        if self.subsample:
-            p = event_phase(gauss0)
-            amp = torch.stack([amp, amp * p, amp * p * p], 2).flatten(1, 2)
-        return nn.functional.conv1d(amp, self.pulse_weight(), padding=self.conv.padding)
+        """Pulses (batch, 1, n) of the raw event latents ``z`` (batch, n_events, n) with phases from ``gauss0`` (batch, 1, n)."""
+        b, ch, pos = torch.nonzero(z.abs() > self.threshold, as_tuple=True)
+        amp = self.amplitudes(z[b, ch, pos], log_amax, ch)
+        phase = event_phase(gauss0[b, 0, pos]) if self.subsample else None
+        rows = self.event_pulses(amp, phase)  # (m, kernel)
+        n, k = z.shape[-1], self.kernel
+        idx = pos[:, None] + torch.arange(k)[None, :]  # on the padded axis: sample pos - half + j
+        out = torch.zeros(z.shape[0], n + k - 1, dtype=rows.dtype).index_put((b[:, None].expand(-1, k), idx), rows, accumulate=True)
+        return out[:, None, self.half : self.half + n]
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -295,7 +382,7 @@ class Generator(nn.Module):
             self.event_filter.reset_parameters()
         self.additive = None
         if cfg.has_additive_glitches:
-            self.additive = AdditiveGlitches(cfg.event_channels, cfg.event_kernel, cfg.event_threshold, cfg.event_subsample)
+            self.additive = AdditiveGlitches(cfg.event_channels, cfg.event_kernel, cfg.event_threshold, cfg.event_subsample, cfg.pulse_bands, cfg.pulse_phases)
 
     @property
     def input_latent_dim(self) -> int:

@@ -30,7 +30,7 @@ from crab.models.gan.transform import AmplitudeTransform
 
 MODEL_FORMAT = "crab-model"
 #: Bumped when model.pt changes incompatibly; loading another version is an error.
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2  # 2: the additive glitches' pulse table (height bands x phases)
 MODEL_FILE = "model.pt"
 #: Folder of a model directory that holds the snapshots of a training (``TrainConfig.snapshot_every``).
 SNAPSHOT_DIR = "snapshots"

@@ -265,7 +265,7 @@ def train(
         layer, sources, layer_note = _wafer_layer(cfg, sources, progress)
         direct = None
         if cfg.fit_pulses and ck is None and model_config.has_additive_glitches:
-            direct = fit_direct_hits(sources, kernel=model_config.event_kernel, n_bands=model_config.event_channels, n_basis=3 if model_config.event_subsample else 1)
+            direct = fit_direct_hits(sources, kernel=model_config.event_kernel, n_bands=model_config.pulse_bands, n_phases=model_config.pulse_phases if model_config.event_subsample else 1)
         data_ = prepare_training_data(
             sources,
             window_samples=cfg.window_samples,
@@ -361,6 +361,8 @@ def _run(cfg: TrainConfig, mcfg: ModelConfig, data: TrainingData, sources, out: 
         start_epoch = int(ck["epoch"])
         best_quality = float(ck["best_quality"]) if ck["best_quality"] is not None else math.inf
         best_epoch = ck["best_epoch"]
+    if G.additive is not None and G.additive.law_fitted:  # fitted direct hits (table and law) are kept, fresh or resumed; training learns the rest
+        G.additive.table.requires_grad_(False)
     record = run_record(cfg, cfg.seed, model_config=mcfg.to_dict(), data_files=data.files, detectors=data.detectors, sampling_rate_hz=data.sampling_rate_hz, units=data.units,
                         transform=tf.to_dict(), noise_params=data.noise_params.to_dict(), noise_sigma=data.noise_sigma, highpass_hz=data.highpass_hz, quality_floor=floor,
                         resumed_from_epoch=start_epoch if ck is not None else None)

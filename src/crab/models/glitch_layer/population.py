@@ -10,6 +10,10 @@ from crab.core.errors import InputError
 from crab.models.glitch_layer.shapes import QUANTILE_P, render_events, render_response
 
 
+#: Cells of the probability grid on which :meth:`GlitchPopulation.sample_energy` tabulates ``ln E``.
+ENERGY_GRID = 1 << 15
+
+
 @dataclass
 class GlitchPopulation:
     """One kind of glitch of the template model.
@@ -84,6 +88,8 @@ class GlitchPopulation:
         self._logtau = np.log(np.maximum(np.asarray(self.tau_quantiles_s, dtype=np.float64), 1e-30))
         self._peak: float | None = None
         self._logenergy = np.log(np.maximum(np.asarray(self.energy_quantiles_kev, dtype=np.float64), 1e-30))
+        # ln E on a uniform grid of the probability (ENERGY_GRID cells): sample_energy is a lookup
+        self._logenergy_grid = np.interp(np.linspace(0.0, 1.0, ENERGY_GRID + 1), QUANTILE_P, self._logenergy) if self._logenergy.size else None
 
     @property
     def linear(self) -> bool:
@@ -95,8 +101,22 @@ class GlitchPopulation:
         return np.interp(u_amp, QUANTILE_P, self._amp), np.exp(np.interp(u_tau, QUANTILE_P, self._logtau))
 
     def sample_energy(self, u: np.ndarray) -> np.ndarray:
-        """Energies (keV) from uniforms in [0, 1), log-interpolated between the quantiles."""
-        return np.exp(np.interp(u, QUANTILE_P, self._logenergy))
+        """Energies (keV) from uniforms in [0, 1): ``ln E`` interpolated linearly on the quantiles.
+
+        Between the probabilities 0.01 and 0.99 (quantiles 0.005 apart) a lookup on
+        :data:`ENERGY_GRID` equal cells (``np.interp`` of unsorted values costs about ten times
+        more; the two differ only in the cells that hold a quantile, by a part in 10^4); in the
+        tails, with their closely spaced quantiles, ``np.interp`` itself.
+        """
+        u = np.asarray(u, dtype=np.float64)
+        x = u * ENERGY_GRID
+        i = np.minimum(x.astype(np.int64), ENERGY_GRID - 1)
+        g = self._logenergy_grid
+        lo = g[i]
+        out = lo + (x - i) * (g[i + 1] - lo)
+        tail = (u < 0.01) | (u >= 0.99)
+        out[tail] = np.interp(u[tail], QUANTILE_P, self._logenergy)
+        return np.exp(out)
 
     def render(self, first_sample: int, n_samples: int, t_samples: np.ndarray, c2: np.ndarray, tau_s: np.ndarray, sampling_rate_hz: float) -> np.ndarray:
         """Signal of events of this population on ``[first_sample, first_sample + n_samples)`` (float64).
