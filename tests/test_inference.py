@@ -26,6 +26,7 @@ CONFIGS = {
     "events-filter": dict(EVENTS, additive_glitches=False),
     "events-additive": dict(EVENTS, additive_glitches=True, output_bounds=(-3.0, 8.0)),
     "events-additive-whole-samples": dict(EVENTS, event_subsample=False, additive_glitches=True),
+    "events-additive-no-event-inputs": dict(EVENTS, additive_glitches=True, event_inputs=False, output_bounds=(-3.0, 8.0)),
     "conditioned": {"cond_dim": 1},
     "conditioned-events-additive": dict(EVENTS, cond_dim=1, additive_glitches=True, output_bounds=(-3.0, 8.0)),
     "multi-channel": {"out_channels": 3},

@@ -280,3 +280,23 @@ def test_discriminator_diff_channel():
     with torch.no_grad():
         d.features[0].weight[:, 0].zero_()
         torch.testing.assert_close(d(x), d(x + 5.0))
+
+
+def test_without_event_inputs_the_network_does_not_see_the_events():
+    """event_inputs off: the event channels only place the additive glitches: changing an event latent
+    changes the output by that glitch alone (the network's part is the same), and the last stage has
+    no event inputs."""
+    base = {**SMALL, "noise_dim": 48, "latent_dim": 52, "event_channels": 2, "event_subsample": True, "event_kernel": 21, "transform_out_scale": 0.8}
+    on, off = Generator(ModelConfig(**base)).eval(), Generator(ModelConfig(**base, event_inputs=False)).eval()
+    assert on.event_filter is not None and off.event_filter is None
+    assert on.stage_noise_channels == 3 + 2 * 2 and off.stage_noise_channels == 1
+    z = torch.randn(1, 52, 12, generator=torch.Generator().manual_seed(5))
+    z2 = z.clone()
+    z2[0, 4 + 16 + 5, 6] = 4.0  # an event of the first event channel at sample 101
+    for g, network_sees in ((off, False), (on, True)):
+        add = g.additive
+        with torch.no_grad():
+            g.additive = None  # the network's part alone
+            d = (g(z2) - g(z)).abs().max()
+            g.additive = add
+        assert (float(d) > 1e-6) == network_sees

@@ -104,6 +104,10 @@ class ModelConfig:
         Add the glitches of the event channels in TOD units, before the amplitude transform
         (:class:`crab.models.gan.network.AdditiveGlitches`), instead of letting the network draw them.
         Needs event channels and ``event_kernel``.
+    event_inputs : bool
+        The events are inputs of the network's last stage too (the event channels and their
+        learned pulses, :class:`crab.models.gan.network.EventFilter`); off: only the additive
+        glitches use them.
     pulse_bands, pulse_phases : int
         The additive glitches' pulse table: pulses for ``pulse_bands`` heights and
         ``pulse_phases`` sub-sample phases, interpolated between them
@@ -133,6 +137,7 @@ class ModelConfig:
     event_subsample: bool = True
     event_kernel: int = 33
     additive_glitches: bool = True
+    event_inputs: bool = True
     pulse_bands: int = 4
     pulse_phases: int = 8
     transform_out_scale: float | None = None

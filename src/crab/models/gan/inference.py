@@ -204,6 +204,7 @@ class CompiledGenerator:
         upsample_factor: int,
         cond_dim: int,
         events: tuple[int, float, bool],
+        event_inputs: bool,
         event_filter: _EventPulses | None,
         additive: _AdditivePulses | None,
         bound: tuple[float, float, float] | None,
@@ -218,6 +219,7 @@ class CompiledGenerator:
         self.upsample_factor = upsample_factor
         self.cond_dim = cond_dim
         self.events = events  # crab.models.gan.network.event_noise arguments: (channels, threshold, subsample)
+        self.event_inputs = event_inputs  # ModelConfig.event_inputs: the events are network inputs too
         self.event_filter = event_filter
         self.additive = additive
         self.bound = bound  # soft_bound (lo, hi, width), or None
@@ -269,7 +271,7 @@ class CompiledGenerator:
                 ev = self._events(full)
                 if self.additive is not None:
                     pulses = self._additive_pulses(ev, full.shape[0])
-                full = self._event_inputs(full, ev)
+                full = self._event_inputs(full, ev) if self.event_inputs else full[:, : full.shape[1] - self.events[0]]
             noise = full.reshape(steps * f // 2, -1)
             h = z[:, : self.latent_dim - nd]
         else:
@@ -440,9 +442,7 @@ def _network_convolutions(generator: Generator) -> list[tuple]:
 
     cfg = generator.cfg
     n_cond = cfg.cond_dim
-    n_noise = generator.noise_dim // cfg.upsample_factor  # full-rate noise channels, into the last stage
-    if generator.event_filter is not None:
-        n_noise += generator.event_filter.conv.out_channels  # and the event pulses
+    n_noise = generator.stage_noise_channels  # full-rate noise channels and event pulses, into the last stage
     stem = generator.stem
     if len(stem) != 3 or type(stem[1]) is not nn.BatchNorm1d or type(stem[2]) is not nn.LeakyReLU:
         raise NotCompilable(f"stem: expected Conv1d, BatchNorm1d, LeakyReLU, got {stem}")
@@ -555,6 +555,7 @@ def compile_generator(generator: Generator) -> CompiledGenerator:
         upsample_factor=cfg.upsample_factor,
         cond_dim=cfg.cond_dim,
         events=(cfg.event_channels, float(cfg.event_threshold), bool(cfg.event_subsample)),
+        event_inputs=bool(cfg.event_inputs),
         event_filter=event_filter,
         additive=additive,
         bound=None if bounds is None else (float(bounds[0]), float(bounds[1]), float(cfg.output_bound_width)),

@@ -368,10 +368,8 @@ class Generator(nn.Module):
         ch, k, s = cfg.generator_channels, cfg.kernel_size, cfg.leaky_slope
         self.noise_dim = cfg.noise_dim
         self.exchangeable = bool(cfg.shared_latent_dim)
-        n_noise = self.noise_dim // cfg.upsample_factor
-        self.event_filter = EventFilter(cfg.event_channels, cfg.event_kernel) if cfg.event_kernel and cfg.event_channels else None
-        if self.event_filter is not None:
-            n_noise += self.event_filter.conv.out_channels  # the pulses are inputs of the last stage too
+        self.event_filter = EventFilter(cfg.event_channels, cfg.event_kernel) if cfg.event_kernel and cfg.event_channels and cfg.event_inputs else None
+        n_noise = self.stage_noise_channels
         n_in = cfg.latent_dim - self.noise_dim + cfg.cond_dim + cfg.shared_latent_dim
         self.coarse_len = cfg.window_samples // cfg.upsample_factor
         self.stem = nn.Sequential(nn.Conv1d(n_in, ch[0], 3, padding=1, bias=False), nn.BatchNorm1d(ch[0]), nn.LeakyReLU(s))
@@ -383,6 +381,14 @@ class Generator(nn.Module):
         self.additive = None
         if cfg.has_additive_glitches:
             self.additive = AdditiveGlitches(cfg.event_channels, cfg.event_kernel, cfg.event_threshold, cfg.event_subsample, cfg.pulse_bands, cfg.pulse_phases)
+
+    @property
+    def stage_noise_channels(self) -> int:
+        """Full-rate noise inputs of the last stage: the noise channels (without the event channels
+        when ``event_inputs`` is off), plus the event pulses of the ``EventFilter``."""
+        cfg = self.cfg
+        n = self.noise_dim // cfg.upsample_factor - (0 if cfg.event_inputs else cfg.event_channels)
+        return n + (self.event_filter.conv.out_channels if self.event_filter is not None else 0)
 
     @property
     def input_latent_dim(self) -> int:
@@ -428,9 +434,12 @@ class Generator(nn.Module):
             noise = zn.reshape(b, -1, f, steps).transpose(2, 3).reshape(b, -1, steps * f)
             if self.additive is not None:
                 pulses = self.additive(noise[:, noise.shape[1] - self.cfg.event_channels :], noise[:, :1], self.log_amplitude_cap)
-            noise = event_noise(noise, self.cfg.event_channels, self.cfg.event_threshold, self.cfg.event_subsample)
-            if self.event_filter is not None:
-                noise = self.event_filter(noise)
+            if self.cfg.event_inputs:
+                noise = event_noise(noise, self.cfg.event_channels, self.cfg.event_threshold, self.cfg.event_subsample)
+                if self.event_filter is not None:
+                    noise = self.event_filter(noise)
+            else:  # the event channels only place the additive glitches
+                noise = noise[:, : noise.shape[1] - self.cfg.event_channels]
             z = z[:, : z.shape[1] - self.noise_dim]
         x = z if cond is None else torch.cat([z, cond[:, :, None].expand(-1, -1, z.shape[-1])], 1)
         h = self.stem(x)
