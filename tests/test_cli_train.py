@@ -87,7 +87,7 @@ def test_event_channel_options(tmp_path, npz, capsys):
     m = load_model(out)
     mc = m.model_config
     assert (mc.event_channels, mc.noise_dim, mc.event_threshold, mc.event_subsample, mc.event_kernel) == (2, 48, 2.0, True, 9)
-    assert m.generator.event_filter.conv.weight.shape == (4, 2, 9)
+    assert m.generator.event_filter is None  # the default: the events only place the additive glitches
     assert mc.additive_glitches and tuple(m.generator.additive.table.shape) == (mc.pulse_bands, mc.pulse_phases, 9)  # the default: glitches added in TOD units
     assert mc.transform_out_scale == pytest.approx(m.transform.out_scale)
     assert json.loads((out / "config.json").read_text())["config"]["feature_weight"] == 0
@@ -100,7 +100,7 @@ def test_event_channel_options(tmp_path, npz, capsys):
     conf.write_text(conf.read_text().replace("latent_dim = 20\n", ""))
     code, res = _run(capsys, "train", "--data", npz(), "--out", tmp_path / "m3", "--epochs", 1, "--config", conf, *FAST)
     assert code == 2 and res.err.count("\n") == 1 and "event_kernel" in res.err
-    conf = write_config(tmp_path / "m4.toml", model={"event_kernel": 9, "additive_glitches": False, "discriminator_peak_view": True}, fast=False)
+    conf = write_config(tmp_path / "m4.toml", model={"event_kernel": 9, "additive_glitches": False, "event_inputs": True, "discriminator_peak_view": True}, fast=False)
     conf.write_text(conf.read_text().replace("[train]\n", "[train]\n" + "".join(f"{k} = {v}\n" for k, v in FAST_TRAIN.items())))
     _ok(capsys, "train", "--data", npz(), "--out", tmp_path / "m4", "--epochs", 1, "--config", conf, *FAST)
     m4 = load_model(tmp_path / "m4")

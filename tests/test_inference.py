@@ -22,18 +22,18 @@ EVENTS = {"latent_dim": 72, "noise_dim": 64, "event_channels": 3, "event_subsamp
 CONFIGS = {
     "plain": {},
     "plain-bounded": {"output_bounds": (-2.0, 3.0)},
-    "events-no-pulses": dict(EVENTS, event_kernel=0, additive_glitches=False),
-    "events-filter": dict(EVENTS, additive_glitches=False),
+    "events-no-pulses": dict(EVENTS, event_kernel=0, additive_glitches=False, event_inputs=True),
+    "events-filter": dict(EVENTS, additive_glitches=False, event_inputs=True),
     "events-additive": dict(EVENTS, additive_glitches=True, output_bounds=(-3.0, 8.0)),
     "events-additive-whole-samples": dict(EVENTS, event_subsample=False, additive_glitches=True),
-    "events-additive-no-event-inputs": dict(EVENTS, additive_glitches=True, event_inputs=False, output_bounds=(-3.0, 8.0)),
+    "events-additive-event-inputs": dict(EVENTS, additive_glitches=True, event_inputs=True, output_bounds=(-3.0, 8.0)),
     "conditioned": {"cond_dim": 1},
     "conditioned-events-additive": dict(EVENTS, cond_dim=1, additive_glitches=True, output_bounds=(-3.0, 8.0)),
     "multi-channel": {"out_channels": 3},
     "multi-channel-5": {"out_channels": 5, "cond_dim": 1},
     # as `crab train --joint-detectors` builds it (training.JOINT_SHARED_LATENT_DIM shared latents)
     "wafer": dict(EVENTS, out_channels=4, shared_latent_dim=8, additive_glitches=True, output_bounds=(-3.0, 8.0)),
-    "wafer-conditioned": dict(EVENTS, out_channels=3, shared_latent_dim=8, cond_dim=1, additive_glitches=False),
+    "wafer-conditioned": dict(EVENTS, out_channels=3, shared_latent_dim=8, cond_dim=1, additive_glitches=False, event_inputs=True),
 }
 
 

@@ -68,7 +68,7 @@ def test_event_channels_are_a_sparse_point_process():
     assert torch.isclose(sub[0, i], ev[0, i] * (1 - p)) and torch.isclose(sub[0, i + 1], ev[0, i] * p)
     assert 0.4 < float((sub[:, 1:] != 0).sum() - (ev[:, 1:] != 0).sum()) / float((ev != 0).sum()) < 1.0  # next samples gain events
 
-    cfg = ModelConfig(**{**SMALL, "noise_dim": 32, "latent_dim": 36, "event_channels": 1, "event_threshold": 2.0})
+    cfg = ModelConfig(**{**SMALL, "noise_dim": 32, "latent_dim": 36, "event_channels": 1, "event_threshold": 2.0, "event_inputs": True})
     g = Generator(cfg).eval()
     z = torch.randn(1, 36, 12)
     z[0, 4 + 16 + 5, 6] = 0.5  # event channel (noise channel 1), latent step 6 -> sample 16 * 6 + 5
@@ -89,7 +89,7 @@ def test_event_channels_are_a_sparse_point_process():
 
 def test_event_filter_gives_each_event_a_learned_pulse():
     """event_kernel: the filtered events are extra last-stage inputs; an event reaches kernel // 2 samples further."""
-    base = {**SMALL, "noise_dim": 32, "latent_dim": 36, "event_channels": 1, "event_threshold": 2.0, "additive_glitches": False}
+    base = {**SMALL, "noise_dim": 32, "latent_dim": 36, "event_channels": 1, "event_threshold": 2.0, "additive_glitches": False, "event_inputs": True}
     cfg = ModelConfig(**{**base, "event_kernel": 21})
     g = Generator(cfg).eval()
     assert g.stages[-1][1].in_channels == 8 + 2 + 2  # previous stage, 2 noise channels, 2 pulses
@@ -148,7 +148,7 @@ def test_additive_glitches_are_pareto_pulses_added_in_tod_units():
     torch.testing.assert_close(d, expected, rtol=1e-4, atol=1e-4 * amp)
     # without event channels or pulses there are no additive glitches; legacy files have none
     assert Generator(ModelConfig(**{**base, "event_channels": 0})).additive is None
-    assert Generator(ModelConfig(**{**base, "event_kernel": 0})).additive is None
+    assert Generator(ModelConfig(**{**base, "event_kernel": 0, "event_inputs": True})).additive is None
     with pytest.raises(ValueError, match="transform_out_scale"):
         Generator(ModelConfig(**{**base, "transform_out_scale": None}))(torch.randn(1, 52, 12))
     with pytest.raises(ValueError, match="transform_out_scale"):
@@ -184,8 +184,8 @@ def test_model_config_round_trip():
     # a model file written before the event fields existed keeps its network (no events, no peak view)
     assert default.additive_glitches and default.discriminator_peak_view
     new = ModelConfig(**{**SMALL, "discriminator_peak_view": True})
-    old = {k: v for k, v in new.to_dict().items() if k not in ("event_channels", "event_subsample", "event_kernel", "additive_glitches", "transform_out_scale", "discriminator_peak_view")}
-    assert ModelConfig.from_dict(old) == ModelConfig(**SMALL, additive_glitches=False)
+    old = {k: v for k, v in new.to_dict().items() if k not in ("event_channels", "event_subsample", "event_kernel", "additive_glitches", "transform_out_scale", "discriminator_peak_view", "event_inputs")}
+    assert ModelConfig.from_dict(old) == ModelConfig(**SMALL, additive_glitches=False, event_inputs=True)
 
 
 def test_removed_model_settings_load_at_their_old_default_else_a_one_line_error():
@@ -287,7 +287,7 @@ def test_without_event_inputs_the_network_does_not_see_the_events():
     changes the output by that glitch alone (the network's part is the same), and the last stage has
     no event inputs."""
     base = {**SMALL, "noise_dim": 48, "latent_dim": 52, "event_channels": 2, "event_subsample": True, "event_kernel": 21, "transform_out_scale": 0.8}
-    on, off = Generator(ModelConfig(**base)).eval(), Generator(ModelConfig(**base, event_inputs=False)).eval()
+    on, off = Generator(ModelConfig(**base, event_inputs=True)).eval(), Generator(ModelConfig(**base)).eval()  # off: the default
     assert on.event_filter is not None and off.event_filter is None
     assert on.stage_noise_channels == 3 + 2 * 2 and off.stage_noise_channels == 1
     z = torch.randn(1, 52, 12, generator=torch.Generator().manual_seed(5))

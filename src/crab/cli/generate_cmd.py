@@ -57,7 +57,7 @@ def _conditions(phi_gv: float | None, schedule: Path | None, cond: tuple[str, ..
 @click.option("--cond", multiple=True, help="Condition of a conditioned model, NAME=VALUE (e.g. phi_gv=0.6); repeatable.")
 @click.option("--wafer-size", type=int, callback=positive_int, help="Detectors per wafer sharing its hits (keys k // N); default: the wafer the model was fitted on; 1: every detector on its own wafer.")
 @click.option("--workers", type=int, callback=positive_int, help="Worker threads (default: CPUs available); does not change the output.")
-@click.option("--truth/--no-truth", default=True, show_default=True, help="Write the /events table of the generated glitches (time, detector or wafer, amplitude, family) into the output file.")
+@click.option("--truth/--no-truth", default=True, show_default=True, help="Write the /events table of the generated glitches (time, detector or wafer, amplitude, family) into the output file. It lists every wafer hit (about 15 per second per wafer, mostly below the noise): with crab run's model and one detector it adds 4x the TOD's size and makes generation 6x slower; --no-truth for long runs that do not need it.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @click.option("--allow-unfinished", is_flag=True, help="Accept the model of a training that did not finish (killed or interrupted; `crab train --resume` finishes it).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")

@@ -22,7 +22,7 @@ from crab.models.dataset import DEFAULT_WINDOW_SAMPLES, cond_name
 REMOVED_MODEL_FIELDS = {"generator_arch": "streaming", "spectral_norm": False, "causal_pulses": False}
 
 #: ModelConfig fields added after the first model files, with the values that reproduce those files' networks.
-LEGACY_FIELDS = {"event_channels": 0, "event_subsample": False, "event_kernel": 0, "additive_glitches": False, "discriminator_peak_view": False}
+LEGACY_FIELDS = {"event_channels": 0, "event_subsample": False, "event_kernel": 0, "additive_glitches": False, "discriminator_peak_view": False, "event_inputs": True}
 
 #: Settings removed from TrainConfig, with their default value (None: no effect whatever its value).
 REMOVED_TRAIN_FIELDS = {"lr_decay_epochs": 0, "lr_decay_final": None}
@@ -106,8 +106,8 @@ class ModelConfig:
         Needs event channels and ``event_kernel``.
     event_inputs : bool
         The events are inputs of the network's last stage too (the event channels and their
-        learned pulses, :class:`crab.models.gan.network.EventFilter`); off: only the additive
-        glitches use them.
+        learned pulses, :class:`crab.models.gan.network.EventFilter`; configuration
+        ``event_inputs``); off (the default): only the additive glitches use them.
     pulse_bands, pulse_phases : int
         The additive glitches' pulse table: pulses for ``pulse_bands`` heights and
         ``pulse_phases`` sub-sample phases, interpolated between them
@@ -137,7 +137,7 @@ class ModelConfig:
     event_subsample: bool = True
     event_kernel: int = 33
     additive_glitches: bool = True
-    event_inputs: bool = True
+    event_inputs: bool = False
     pulse_bands: int = 4
     pulse_phases: int = 8
     transform_out_scale: float | None = None
@@ -167,6 +167,8 @@ class ModelConfig:
             raise ValueError(f"event_subsample needs a Gaussian noise channel besides the event channels (noise_dim / {self.upsample_factor} > event_channels)")
         if self.event_kernel < 0 or (self.event_kernel and self.event_kernel % 2 == 0):
             raise ValueError(f"event_kernel must be 0 or an odd length, got {self.event_kernel}")
+        if self.event_channels and not (self.event_inputs or self.has_additive_glitches):
+            raise ValueError("event channels need event_inputs, or additive_glitches with event_kernel > 0 (otherwise nothing uses them)")
         if self.pulse_bands < 1 or self.pulse_phases < 2:
             raise ValueError(f"pulse_bands must be >= 1 and pulse_phases >= 2, got {self.pulse_bands}, {self.pulse_phases}")
         if self.has_additive_glitches and self.out_channels > 1 and not self.shared_latent_dim:
