@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from crab.core import rng
+from crab.core.cache import BoundedCache
 from crab.core.errors import InputError
 from crab.models.base import TileSource
 from crab.models.gan.inference import CompiledGenerator, NotCompilable, compile_generator
@@ -101,8 +102,7 @@ class GanSource(TileSource):
         self._tf = (float(tf.offset), float(tf.scale), float(tf.out_scale))
         self._keys: dict[int, np.ndarray] = {}
         self._keys_lock = threading.Lock()
-        self._events: dict[tuple[int, int], Any] = {}  # (key, tile) -> truth rows, see tile_events
-        self._events_cache_size = 6
+        self._events = BoundedCache(6)  # (key, tile) -> truth rows, see tile_events
         self.noise: NoiseGenerator | None = None
         self._noise_args = None
         if model.noise_params is not None and model.highpass_hz:
@@ -175,7 +175,7 @@ class GanSource(TileSource):
             self.wafer = WaferSignal(self.layer.population, self.sampling_rate_hz, self.seed, "gan_wafer", self.tile_samples, n_wafers=n_keys)
 
     def prepare(self, n_keys: int) -> None:
-        self._events_cache_size = 3 * (n_keys + 1)  # a key's tiles t - 1 .. t + 1 (glitch_signal)
+        self._events.size = 3 * (n_keys + 1)  # a key's tiles t - 1 .. t + 1 (glitch_signal)
         self._prepare_wafer(n_keys)
         if self._noise_args is not None:
             p, fs, seed, stream, lp = self._noise_args
@@ -268,11 +268,7 @@ class GanSource(TileSource):
             return None
         hit = self._events.get((key, t))
         if hit is None:  # cached: glitch_signal renders each tile with its neighbours' rows
-            hit = self.truth.tile_events(self._key(key), t, detector=key, wafer=self.wafer_index(key))
-            with self._keys_lock:
-                self._events[(key, t)] = hit
-                while len(self._events) > self._events_cache_size:
-                    self._events.pop(next(iter(self._events)))
+            hit = self._events.put((key, t), self.truth.tile_events(self._key(key), t, detector=key, wafer=self.wafer_index(key)))
         return hit
 
     def wafer_events(self, wafer: int, t: int):

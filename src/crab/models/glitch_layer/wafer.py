@@ -22,13 +22,13 @@ on which process.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
 
 from crab.core import rng
+from crab.core.cache import BoundedCache
 from crab.core.errors import InputError
 from crab.models.glitch_layer.population import GlitchPopulation
 from crab.models.glitch_layer.shapes import lookback_samples
@@ -160,11 +160,8 @@ class WaferSignal:
         self.tile_samples = int(tile_samples)
         self.key_offset = int(key_offset)
         self.n_back = int(np.ceil(lookback_samples(population.max_tau_s(), self.fs, population.delay_s) / self.tile_samples)) if population.rate_hz > 0 else 0
-        self._lock = threading.Lock()
-        self._events: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
-        self._signal: dict[tuple[int, int], np.ndarray] = {}
-        self._events_size = 4 * (n_wafers + 1) * (self.n_back + 1)
-        self._signal_size = 4 + 2 * n_wafers
+        self._events = BoundedCache(4 * (n_wafers + 1) * (self.n_back + 1))  # (wafer, block) -> hits
+        self._signal = BoundedCache(4 + 2 * n_wafers)  # (wafer, tile) -> rendered signal
 
     def events(self, wafer: int, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Hits of block ``block`` of wafer ``wafer``: (times in samples, energies in keV or, for a
@@ -179,10 +176,7 @@ class WaferSignal:
                 hit = (t, pop.sample_energy(g.random(n)), np.full(n, np.nan))
             else:
                 hit = (t, *pop.sample(g.random(n), g.random(n)))
-            with self._lock:
-                self._events[(wafer, block)] = hit
-                while len(self._events) > self._events_size:
-                    self._events.pop(next(iter(self._events)))
+            self._events.put((wafer, block), hit)
         return hit
 
     def truth(self, wafer: int, block: int):
@@ -200,10 +194,7 @@ class WaferSignal:
             evs = [self.events(wafer, b) for b in range(max(0, t - self.n_back), t + 1)]
             ts, c2, tau = (np.concatenate([e[i] for e in evs]) for i in range(3))
             hit = self.population.render(t * B, B, ts, c2, tau, self.fs)
-            with self._lock:
-                self._signal[(wafer, t)] = hit
-                while len(self._signal) > self._signal_size:
-                    self._signal.pop(next(iter(self._signal)))
+            self._signal.put((wafer, t), hit)
         return hit
 
 

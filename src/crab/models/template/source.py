@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import numpy as np
 
 from crab.core import rng
+from crab.core.cache import BoundedCache
 from crab.core.errors import InputError
 from crab.models.base import TileSource
 from crab.models.glitch_layer.shapes import lookback_samples
@@ -54,9 +54,7 @@ class TemplateSource(TileSource):
         self.prepare(1)
 
     def prepare(self, n_keys: int) -> None:
-        self._lock = threading.Lock()
-        self._events_cache: dict[tuple[int, int], dict[str, np.ndarray]] = {}
-        self._events_cache_size = 4 * (n_keys + 1) * (self.n_back + 1)
+        self._events_cache = BoundedCache(4 * (n_keys + 1) * (self.n_back + 1))  # (key, block) -> direct hits
         self.wafer = WaferSignal(self.model.wafer, self.sampling_rate_hz, self.seed, "template_events", self.tile_samples, key_offset=WAFER_KEY, n_wafers=n_keys)
         self.noise = NoiseGenerator(self.model.noise_params, self.sampling_rate_hz, self.seed, "template_noise", cache_blocks=max(8, 3 * n_keys + 2))
 
@@ -73,11 +71,7 @@ class TemplateSource(TileSource):
     def _events(self, key: int, block: int) -> dict[str, np.ndarray]:
         hit = self._events_cache.get((key, block))
         if hit is None:
-            hit = self._draw_events(key, block)
-            with self._lock:
-                self._events_cache[(key, block)] = hit
-                while len(self._events_cache) > self._events_cache_size:
-                    self._events_cache.pop(next(iter(self._events_cache)))
+            hit = self._events_cache.put((key, block), self._draw_events(key, block))
         return hit
 
     def _draw_events(self, key: int, block: int) -> dict[str, np.ndarray]:
