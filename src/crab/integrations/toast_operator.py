@@ -128,24 +128,15 @@ class CrabCosmicRays(Operator):
 
     @traitlets.validate("realization")
     def _check_realization(self, proposal):
-        check = proposal["value"]
-        if check < 0:
-            raise traitlets.TraitError("realization must be >= 0 (it is the CRAB seed)")
-        return check
+        return _at_least(proposal, 0, "realization must be >= 0 (it is the CRAB seed)")
 
     @traitlets.validate("chunk_samples")
     def _check_chunk_samples(self, proposal):
-        check = proposal["value"]
-        if check < 1:
-            raise traitlets.TraitError("chunk_samples must be >= 1")
-        return check
+        return _at_least(proposal, 1, "chunk_samples must be >= 1")
 
     @traitlets.validate("n_workers")
     def _check_n_workers(self, proposal):
-        check = proposal["value"]
-        if check is not None and check < 1:
-            raise traitlets.TraitError("n_workers must be >= 1 or None")
-        return check
+        return _at_least(proposal, 1, "n_workers must be >= 1 or None")
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -267,6 +258,14 @@ class CrabCosmicRays(Operator):
                     f"det_data {self.det_data!r} is in {units}, but {what} ({q}) turns pW into {(q * u.pW).unit}: give it in {units} / pW"
                 ) from None
         return out
+
+
+def _at_least(proposal, minimum: int, message: str):
+    """A trait validator's value if it is None (where the trait allows it) or at least ``minimum``, else ``TraitError(message)``."""
+    value = proposal["value"]
+    if value is not None and value < minimum:
+        raise traitlets.TraitError(message)
+    return value
 
 
 def _first_time(ob, times: str) -> float:
