@@ -124,3 +124,21 @@ def test_fitted_amplitude_law_draws_the_data_law_and_rate():
     # pulses of events without a glitch are zero
     assert torch.all(m.event_pulses(torch.zeros(3), torch.full((3,), 0.5)) == 0)
     assert math.isfinite(float(m.event_pulses(torch.full((1,), 1e-30), None).detach().sum()))
+
+
+def test_fit_and_generator_interpolate_the_phase_alike():
+    """The fit's phase design (the weights its least squares solves for) and the generator's pulse
+    interpolation are the same linear interpolation between the table's phases, so a fitted table
+    means the same pulses in both."""
+    import torch
+
+    from crab.models.gan.network import AdditiveGlitches
+    from crab.models.glitch_layer.direct_population import _phase_design
+
+    m = AdditiveGlitches(n_events=1, kernel=9, threshold=2.5, subsample=True, n_bands=1, n_phases=6)
+    table = np.random.default_rng(2).normal(size=(1, 6, 9))
+    m.set_table(table, [0.0])
+    p = np.concatenate([np.linspace(0.0, 1.0, 11), np.random.default_rng(3).random(50)])
+    with torch.no_grad():
+        gen = m.event_pulses(torch.ones(p.size), torch.from_numpy(p).float()).numpy()
+    np.testing.assert_allclose(gen, _phase_design(p, 6) @ table[0], rtol=0, atol=1e-5)

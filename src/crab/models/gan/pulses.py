@@ -62,7 +62,8 @@ def init_additive_glitches(module, fit: DirectFit, *, scale: float, sampling_rat
     Returns
     -------
     dict
-        What was set (for the run record): decay times (s), rise, delay, Pareto index and scale.
+        What was set (for the run record): the pulses' origin, band centres, rise, delay, and the
+        amplitude law (fitted quantiles and rates, or the Pareto index and scale).
     """
     n, k = module.n_events, module.kernel
     profiled = fit.profiles is not None and fit.profiles.shape == tuple(module.table.shape) and np.any(fit.profiles)
@@ -76,24 +77,24 @@ def init_additive_glitches(module, fit: DirectFit, *, scale: float, sampling_rat
         q = np.quantile(fit.amplitude, (np.arange(nb) + 0.5) / nb) if fit.amplitude.size else np.ones(nb)
         centres = np.log(np.maximum(q, 1e-300) / scale) + 1e-6 * np.arange(nb)
     module.set_table(table, np.maximum.accumulate(centres) + 1e-6 * np.arange(module.n_bands))
-    law = {}
+    record = {"pulses": "mean pulses of height bands and phases" if profiled else "templates", "band_log_amplitude": [float(c) for c in module.band_log_amp],
+              "rise_s": fit.rise_s, "delay_s": fit.delay_s, "source": fit.source}
     area = fit.area if profiled and fit.area is not None else None
-    p_event = math.erfc(module.threshold / math.sqrt(2.0))
+    rate_gan = n * math.erfc(module.threshold / math.sqrt(2.0)) * sampling_rate_hz  # events per second of the channels
     if area is not None and area.size >= 16:
         # the data's glitches per second and their areas: a quantile table, the surplus events empty
-        rate_gan = n * p_event * sampling_rate_hz
         rate_data = area.size / fit.exposure_s
         q0 = float(np.clip(1.0 - rate_data / rate_gan, 0.0, 0.999))
         logq = np.log(np.quantile(area / scale, np.linspace(0.0, 1.0, module.LAW_POINTS)))
         module.set_law(np.maximum.accumulate(logq), q0)
-        law = {"amplitude_law": "quantiles of the fitted areas", "glitches_per_s": float(rate_data), "events_without_glitch": q0,
-               "glitches_per_s_placed": float(rate_gan * (1.0 - q0))}
+        return {**record, "amplitude_law": "quantiles of the fitted areas", "glitches_per_s": float(rate_data), "events_without_glitch": q0,
+                "glitches_per_s_placed": float(rate_gan * (1.0 - q0))}
     x_med, alpha = pareto_law(area if area is not None and area.size else fit.amplitude)
     alpha = float(np.clip(alpha, 0.3, 5.0))
-    # events per second above x_med: n channels x P(|z| > t) x fs x (x_med / a)^-alpha = events_per_s / 2
-    ratio = max(0.5 * fit.events_per_s / (n * p_event * sampling_rate_hz), 1e-12)
+    # events per second above x_med: rate_gan x (x_med / a)^-alpha = events_per_s / 2
+    ratio = max(0.5 * fit.events_per_s / rate_gan, 1e-12)
     a0 = (x_med / scale) * ratio ** (1.0 / alpha)
     with torch.no_grad():
         module.log_a0.fill_(math.log(a0) / module.LR_MULT)
         module.log_c1.fill_(math.log(1.0 / alpha) / module.LR_MULT)
-    return {"pulses": "mean pulses of height bands and phases" if profiled else "templates", "band_log_amplitude": [float(c) for c in module.band_log_amp], "rise_s": fit.rise_s, "delay_s": fit.delay_s, "pareto_index": alpha, "scale_units": float(a0), "source": fit.source, **law}
+    return {**record, "amplitude_law": "Pareto", "pareto_index": alpha, "scale_units": float(a0)}

@@ -2,7 +2,7 @@
 
 Used by the template baseline (its direct-hit population) and by the GAN,
 whose pulse filters start from the fitted shapes
-(:func:`crab.models.gan.pulses.initial_pulses`).  The event times come from
+(:func:`crab.models.gan.pulses.init_additive_glitches`).  The event times come from
 a truth table, or from the glitch finder on data without one.
 """
 
