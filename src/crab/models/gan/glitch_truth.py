@@ -38,8 +38,6 @@ class AdditiveGlitchTruth:
     """
 
     def __init__(self, generator, scale: float, sampling_rate_hz: float, tile_latents: int) -> None:
-        import torch
-
         cfg = generator.cfg
         self.gen = generator
         self.module = generator.additive
@@ -133,7 +131,5 @@ class AdditiveGlitchTruth:
     def rate_hz(self) -> float:
         """Expected glitches per second of one detector: ``2 P(Z > threshold) * channels * f_s``
         (times ``1 - q_0`` with a fitted amplitude law)."""
-        from math import erfc, sqrt
-
         kept = 1.0 - float(self.module.law_zero_fraction.item()) if self.module.law_fitted else 1.0
-        return erfc(self.module.threshold / sqrt(2.0)) * self.n_events * self.fs * kept
+        return self.module.event_rate_hz(self.fs) * kept

@@ -249,6 +249,11 @@ class AdditiveGlitches(nn.Module):
             self.law_log_quantiles.copy_(q)
             self.law_zero_fraction.fill_(float(zero_fraction))
 
+    def event_rate_hz(self, sampling_rate_hz: float) -> float:
+        """Events per second of the event channels of one detector: ``2 P(Z > threshold) * channels * f_s``
+        (with a fitted law, the share ``q_0`` of them places no glitch)."""
+        return math.erfc(self.threshold / math.sqrt(2.0)) * self.n_events * float(sampling_rate_hz)
+
     @property
     def law_fitted(self) -> bool:
         """Whether the amplitude law is the fitted quantile table (:meth:`set_law`), not the Pareto law."""

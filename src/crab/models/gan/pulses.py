@@ -65,7 +65,7 @@ def init_additive_glitches(module, fit: DirectFit, *, scale: float, sampling_rat
         What was set (for the run record): the pulses' origin, band centres, rise, delay, and the
         amplitude law (fitted quantiles and rates, or the Pareto index and scale).
     """
-    n, k = module.n_events, module.kernel
+    k = module.kernel
     profiled = fit.profiles is not None and fit.profiles.shape == tuple(module.table.shape) and np.any(fit.profiles)
     if profiled:
         table, centres = fit.profiles, fit.band_log_centre - math.log(scale)
@@ -80,7 +80,7 @@ def init_additive_glitches(module, fit: DirectFit, *, scale: float, sampling_rat
     record = {"pulses": "mean pulses of height bands and phases" if profiled else "templates", "band_log_amplitude": [float(c) for c in module.band_log_amp],
               "rise_s": fit.rise_s, "delay_s": fit.delay_s, "source": fit.source}
     area = fit.area if profiled and fit.area is not None else None
-    rate_gan = n * math.erfc(module.threshold / math.sqrt(2.0)) * sampling_rate_hz  # events per second of the channels
+    rate_gan = module.event_rate_hz(sampling_rate_hz)
     if area is not None and area.size >= 16:
         # the data's glitches per second and their areas: a quantile table, the surplus events empty
         rate_data = area.size / fit.exposure_s
