@@ -3,8 +3,6 @@ it is the same for any chunking, worker count and slice, and flags come from it.
 
 from __future__ import annotations
 
-import copy
-
 import h5py
 import numpy as np
 import pytest
